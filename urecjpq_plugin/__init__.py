@@ -1,0 +1,27 @@
+"""URecJPQ: joint product quantisation of user and item embedding tables, as a host plugin.
+
+Core (no host framework imported): :class:`JPQEmbedding`, :class:`JPQConfig`, code assignment
+(:mod:`urecjpq_plugin.codes`), injection (:mod:`urecjpq_plugin.inject`), PQ top-k
+(:mod:`urecjpq_plugin.topk`). Hosts live in :mod:`urecjpq_plugin.hosts` and are imported lazily.
+"""
+
+from .config import JPQConfig, JPQConfigError, URecJPQError
+from .inject import JPQTargetError, register_id_tables
+from .jpq import JPQEmbedding
+
+__all__ = ["JPQConfig", "JPQConfigError", "JPQEmbedding", "JPQTargetError", "activate", "register_id_tables", "URecJPQError"]
+__version__ = "0.1.0"
+
+
+def activate(host: str = "recbole") -> None:
+    """One-line activation for people who call the host's Python API themselves.
+
+    ``urecjpq_plugin.activate("recbole")`` before ``run_recbole(...)``; then ``jpq: True`` in the
+    config compresses the model's user/item tables.
+    """
+    hosts = ("recbole", "mmrec")
+    if host not in hosts:
+        raise URecJPQError(f"host={host!r} is unknown; valid: {', '.join(hosts)}")
+    from importlib import import_module
+
+    import_module(f".hosts.{host}", __name__).activate()

@@ -1,0 +1,42 @@
+"""``urecjpq``: the plugin's commands; each lives in its own module, imported only when run."""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Sequence
+
+from .config import URecJPQError
+
+COMMANDS = {
+    "bench": ("urecjpq_plugin.bench.run", "train models with and without jpq and report the difference"),
+    "bench-scale": ("urecjpq_plugin.bench.scale", "synthetic 10^4..10^7-ID memory/speed comparison"),
+    "compress": ("urecjpq_plugin.compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
+    "mmrec-data": ("urecjpq_plugin.data.mmrec_dataset", "make an MMRec dataset from RecBole's ml-100k"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: urecjpq COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"urecjpq: error: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return int(import_module(COMMANDS[name][0]).main(rest) or 0)
+    except URecJPQError as err:
+        print(f"urecjpq {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

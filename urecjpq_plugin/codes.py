@@ -1,0 +1,168 @@
+"""Code assignment: give every ID a fixed code of ``M`` sub-ids in ``[0, ksub)``.
+
+All functions are deterministic for a given seed and return codes ``[N, M]`` in the smallest
+unsigned dtype that holds ``ksub`` values (:func:`code_dtype`).
+
+- :func:`random_codes`   uniform draws per split.
+- :func:`svd_codes`      RecJPQ's: truncated SVD of the user x item *training* matrix, then
+                         per component quantile-binning into ``ksub`` equal-size bins.
+- :func:`feature_codes`  PCA of (normalised) side features, binned the same way.
+- :func:`kmeans_codes`   per-split k-means of given vectors (product quantisation), with centroids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .config import JPQConfigError
+
+_UNSIGNED = ((2**8, torch.uint8), (2**16, torch.uint16), (2**32, torch.uint32))
+
+
+def code_dtype(ksub: int) -> torch.dtype:
+    """Smallest unsigned dtype holding ``ksub`` distinct sub-ids (uint8 for 256)."""
+    for limit, dtype in _UNSIGNED:
+        if 2 <= ksub <= limit:
+            return dtype
+    raise JPQConfigError(f"ksub={ksub} is out of range; it must be in [2, {2**32}]")
+
+
+def as_codes(codes: np.ndarray | torch.Tensor, ksub: int) -> torch.Tensor:
+    """Check range and cast to :func:`code_dtype`."""
+    codes = torch.as_tensor(codes)
+    if codes.ndim != 2:
+        raise JPQConfigError(f"codes must have shape [N, M]; got {tuple(codes.shape)}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= ksub):
+        raise JPQConfigError(
+            f"codes hold values in [{int(codes.min())}, {int(codes.max())}]; valid sub-ids are [0, {ksub})"
+        )
+    return codes.to(code_dtype(ksub))
+
+
+def random_codes(n: int, M: int, ksub: int, seed: int) -> torch.Tensor:
+    """Uniform random sub-ids, ``[n, M]``."""
+    rng = np.random.default_rng(seed)
+    return as_codes(rng.integers(0, ksub, size=(n, M)), ksub)
+
+
+def quantile_bin(components: np.ndarray, ksub: int) -> torch.Tensor:
+    """Per column, rank the values and cut into ``ksub`` equal-count bins.
+
+    Equivalent to RecJPQ's min-max normalise + noise + quantile bins; ranking with a stable sort
+    breaks ties by ID instead of by noise, so bins are balanced (sizes differ by at most 1).
+    """
+    n, M = components.shape
+    codes = np.empty((n, M), dtype=np.int64)
+    for k in range(M):
+        order = np.argsort(components[:, k], kind="stable")
+        ranks = np.empty(n, dtype=np.int64)
+        ranks[order] = np.arange(n)
+        codes[:, k] = ranks * ksub // max(n, 1)
+    return as_codes(codes, ksub)
+
+
+def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = 4, oversample: int = 8):
+    """Truncated SVD by randomised range finding (Halko et al.); never densifies ``X``.
+
+    Memory is ``O((n_rows + n_cols) * (k + oversample))``, so 10^7 x 10^7 sparse inputs fit.
+    """
+    X = sp.csr_matrix(X, dtype=np.float32)
+    n_rows, n_cols = X.shape
+    width = min(k + oversample, min(n_rows, n_cols))
+    rng = np.random.default_rng(seed)
+    Y = X @ rng.standard_normal((n_cols, width)).astype(np.float32)
+    for _ in range(n_iter):
+        Q, _ = np.linalg.qr(Y)
+        Z, _ = np.linalg.qr(X.T @ Q)
+        Y = X @ Z
+    Q, _ = np.linalg.qr(Y)
+    B = (X.T @ Q).T  # [width, n_cols]
+    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
+    U = Q @ Ub
+    # Fix each component's sign so results do not depend on LAPACK's choice.
+    signs = np.sign(Vt[:, :].sum(axis=1) + 1e-30)
+    return U[:, :k] * signs[:k], s[:k], Vt[:k] * signs[:k, None]
+
+
+def _components_or_random(components: np.ndarray, n: int, M: int, ksub: int, seed: int) -> torch.Tensor:
+    """Bin the available components; splits beyond them (tiny matrices) get random sub-ids."""
+    codes = quantile_bin(components, ksub) if components.shape[1] else torch.empty(n, 0, dtype=torch.long)
+    if codes.shape[1] < M:
+        extra = random_codes(n, M - codes.shape[1], ksub, seed)
+        codes = torch.cat([codes.to(extra.dtype), extra], dim=1)
+    return codes.to(code_dtype(ksub))
+
+
+def svd_codes(interactions: sp.spmatrix, M: int, ksub: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RecJPQ's SVD assignment for users *and* items from one user x item training matrix.
+
+    Item codes come from the item-side singular vectors (rows of ``Vt``), user codes from the
+    user-side ones (columns of ``U``), neither scaled by the singular values.
+    Returns ``(user_codes [n_users, M], item_codes [n_items, M])``.
+    """
+    n_users, n_items = interactions.shape
+    k = min(M, min(n_users, n_items) - 1)
+    if k < 1 or interactions.nnz == 0:
+        return random_codes(n_users, M, ksub, seed), random_codes(n_items, M, ksub, seed + 1)
+    U, _, Vt = randomized_svd(interactions, k, seed)
+    user_codes = _components_or_random(U, n_users, M, ksub, seed)
+    item_codes = _components_or_random(Vt.T, n_items, M, ksub, seed + 1)
+    return user_codes, item_codes
+
+
+def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int) -> torch.Tensor:
+    """Codes from side features: L2-normalise rows, PCA to ``M`` components, quantile-bin each."""
+    X = np.asarray(features, dtype=np.float32)
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X = X - X.mean(axis=0, keepdims=True)
+    k = min(M, min(X.shape) - 1)
+    if k < 1:
+        return random_codes(X.shape[0], M, ksub, seed)
+    U, _, _ = randomized_svd(sp.csr_matrix(X), k, seed)
+    return _components_or_random(U, X.shape[0], M, ksub, seed)
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Index of the nearest centroid for each row of ``x``, in bounded memory."""
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    c_sq = (centroids * centroids).sum(1)
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk]
+        dist = c_sq[None, :] - 2 * block @ centroids.T  # ||x||^2 is constant per row
+        out[start : start + chunk] = dist.argmin(1)
+    return out
+
+
+def kmeans_codes(
+    vectors: torch.Tensor, M: int, ksub: int, seed: int, iters: int = 20
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Product quantisation: per split, k-means of the sub-vectors.
+
+    ``vectors [N, d]`` -> ``codes [N, M]`` and ``centroids [M, ksub, d/M]`` (the decoded table
+    ``centroids[k, codes[:, k]]`` concatenated over ``k`` approximates ``vectors``).
+    """
+    vectors = torch.as_tensor(vectors, dtype=torch.float32).detach().cpu()
+    n, d = vectors.shape
+    if d % M:
+        raise JPQConfigError(f"d={d} should be a multiple of M={M}")
+    dsub = d // M
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.empty(n, M, dtype=torch.long)
+    centroids = torch.empty(M, ksub, dsub)
+    for k in range(M):
+        x = vectors[:, k * dsub : (k + 1) * dsub]
+        init = torch.randperm(n, generator=gen)[: min(n, ksub)]
+        if n < ksub:  # fewer points than centroids: the extras repeat points and stay unused
+            init = torch.cat([init, init[torch.randint(len(init), (ksub - n,), generator=gen)]])
+        c = x[init].clone()
+        for _ in range(iters):
+            assign = _nearest(x, c)
+            sums = torch.zeros_like(c).index_add_(0, assign, x)
+            counts = torch.bincount(assign, minlength=ksub).float()
+            filled = counts > 0
+            c[filled] = sums[filled] / counts[filled, None]
+        codes[:, k] = _nearest(x, c)
+        centroids[k] = c
+    return as_codes(codes, ksub), centroids

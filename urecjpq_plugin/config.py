@@ -1,0 +1,140 @@
+"""JPQConfig: the options that drive compression, checked once with clear errors.
+
+Host frameworks pass their flat config (RecBole's ``Config``, MMRec's ``Config``, a dict)
+to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the command line::
+
+    jpq: true                 # turn compression on
+    jpq_M: 8                  # splits per code
+    jpq_ksub: 256             # sub-ids per split
+    jpq_code_assign: svd      # svd | random | features | features_svd
+    jpq_targets: [user, item] # which tables to compress (also: image, text)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+CODE_ASSIGNMENTS = ("svd", "random", "features", "features_svd")
+ID_TARGETS = ("user", "item")
+FEATURE_TARGETS = ("image", "text")
+TARGETS = ID_TARGETS + FEATURE_TARGETS
+MAX_KSUB = 2**32
+
+
+class URecJPQError(ValueError):
+    """Base of the plugin's user-facing errors: one line naming the bad value and what is valid."""
+
+
+class JPQConfigError(URecJPQError):
+    """A JPQ option has a value the plugin cannot use."""
+
+
+def parse_bool(value: Any, key: str = "jpq") -> bool:
+    """Read a YAML/CLI boolean (``true``, ``True``, ``1``, ``yes`` ...)."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", ""):
+        return False
+    raise JPQConfigError(f"{key}={value!r} is not a boolean; use true or false")
+
+
+def parse_list(value: Any) -> tuple[str, ...]:
+    """Accept ``[user, item]``, ``"user,item"`` or ``"['user', 'item']"``."""
+    if isinstance(value, str):
+        value = value.strip().strip("[]()")
+        value = [v.strip().strip("'\"") for v in value.split(",")]
+    return tuple(str(v) for v in value if str(v) != "")
+
+
+@dataclass(frozen=True)
+class JPQConfig:
+    """Product-quantisation settings for one model (faiss naming: ``M`` splits, ``ksub`` sub-ids)."""
+
+    M: int = 8
+    ksub: int = 256
+    code_assign: str = "svd"
+    targets: tuple[str, ...] = field(default=ID_TARGETS)
+    seed: int = 2020
+
+    def __post_init__(self) -> None:
+        if isinstance(self.M, bool) or not isinstance(self.M, int) or self.M < 1:
+            raise JPQConfigError(f"jpq_M={self.M!r} is invalid; it must be a positive integer")
+        if isinstance(self.ksub, bool) or not isinstance(self.ksub, int) or not 2 <= self.ksub <= MAX_KSUB:
+            raise JPQConfigError(
+                f"jpq_ksub={self.ksub!r} is invalid; it must be an integer in [2, {MAX_KSUB}] "
+                "(256 fits uint8 codes, 65536 uint16)"
+            )
+        if self.code_assign not in CODE_ASSIGNMENTS:
+            raise JPQConfigError(
+                f"jpq_code_assign={self.code_assign!r} is unknown; valid: {', '.join(CODE_ASSIGNMENTS)}"
+            )
+        targets = parse_list(self.targets)
+        object.__setattr__(self, "targets", targets)
+        if not targets:
+            raise JPQConfigError(f"jpq_targets={self.targets!r} is empty; valid: {', '.join(TARGETS)}")
+        for target in targets:
+            if target not in TARGETS:
+                raise JPQConfigError(f"jpq_targets has unknown target {target!r}; valid: {', '.join(TARGETS)}")
+
+    @property
+    def id_targets(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if t in ID_TARGETS)
+
+    @property
+    def feature_targets(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if t in FEATURE_TARGETS)
+
+    def check_dim(self, dim: int, table: str = "table") -> None:
+        """faiss's rule: the embedding size must split evenly into ``M`` parts."""
+        if dim % self.M != 0:
+            raise JPQConfigError(
+                f"embedding size {dim} of {table} is not a multiple of jpq_M={self.M}; "
+                f"choose jpq_M among {[m for m in range(1, dim + 1) if dim % m == 0]}"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | Any, seed: int | None = None) -> JPQConfig:
+        """Build from a host config; missing keys take the defaults."""
+
+        def get(key: str, default: Any) -> Any:
+            try:
+                value = mapping[key]
+            except (KeyError, TypeError):
+                return default
+            return default if value is None else value
+
+        def as_int(key: str, default: int) -> int:
+            value = get(key, default)
+            try:
+                if isinstance(value, str):
+                    value = int(value.strip())
+                elif isinstance(value, float) and value.is_integer():
+                    value = int(value)
+            except ValueError:
+                raise JPQConfigError(f"{key}={value!r} is not an integer") from None
+            return value
+
+        return cls(
+            M=as_int("jpq_M", cls.M),
+            ksub=as_int("jpq_ksub", cls.ksub),
+            code_assign=str(get("jpq_code_assign", cls.code_assign)),
+            targets=parse_list(get("jpq_targets", ID_TARGETS)),
+            seed=int(seed if seed is not None else get("seed", cls.seed)),
+        )
+
+
+def jpq_enabled(mapping: Mapping[str, Any] | Any) -> bool:
+    """True when the host config sets ``jpq: true``."""
+    try:
+        value = mapping["jpq"]
+    except (KeyError, TypeError):
+        return False
+    return parse_bool(value)

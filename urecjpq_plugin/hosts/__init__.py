@@ -1,0 +1,1 @@
+"""Host adapters (RecBole, MMRec); each imports its framework lazily."""

@@ -1,0 +1,111 @@
+"""``urecjpq-recbole``: RecBole's ``run_recbole.py`` with the plugin active.
+
+    urecjpq-recbole --model=LightGCN --dataset=ml-100k --jpq=True --epochs=2
+
+Takes RecBole's own options (``--model``, ``--dataset``, ``--config_files``, ``--nproc``, ...) and
+any ``--key=value`` config override; a bare ``--jpq`` means ``--jpq=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
+
+
+def shipped_data_path(dataset: str) -> str | None:
+    """RecBole's wheel ships ml-100k under ``recbole/dataset_example``; use it if nothing local."""
+    import recbole
+
+    root = os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
+    return root if os.path.isdir(os.path.join(root, dataset)) else None
+
+
+def _yaml_keys(files: Sequence[str]) -> dict:
+    import yaml
+
+    merged: dict = {}
+    for path in files:
+        if not os.path.isfile(path):
+            raise JPQConfigError(f"--config_files entry {path!r} does not exist; give paths to RecBole YAML files")
+        with open(path) as fh:
+            merged.update(yaml.safe_load(fh) or {})
+    return merged
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="urecjpq-recbole", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", "-m", type=str, default="BPR", help="RecBole model name")
+    parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="RecBole dataset name")
+    parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
+    parser.add_argument("--nproc", type=int, default=1, help="processes for distributed training")
+    parser.add_argument("--ip", type=str, default="localhost")
+    parser.add_argument("--port", type=str, default="5678")
+    parser.add_argument("--world_size", type=int, default=-1)
+    parser.add_argument("--group_offset", type=int, default=0)
+    args, rest = parser.parse_known_args(argv)
+    # RecBole reads --key=value overrides from sys.argv itself; a bare --jpq is a flag.
+    rest = ["--jpq=True" if a == "--jpq" else a for a in rest]
+    return args, rest
+
+
+def build_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str] | None, dict]:
+    files = args.config_files.strip().split(" ") if args.config_files else None
+    from_files = _yaml_keys(files or [])
+    given = {a[2:].split("=", 1)[0]: a.split("=", 1)[1] for a in overrides if a.startswith("--") and "=" in a}
+    config_dict: dict = {}
+    if "data_path" not in given and "data_path" not in from_files and not os.path.isdir(
+        os.path.join("dataset", args.dataset)
+    ):
+        shipped = shipped_data_path(args.dataset)
+        if shipped:
+            config_dict["data_path"] = shipped
+    # Check the JPQ options before RecBole writes logs or checkpoints.
+    merged = {**from_files, **given}
+    if jpq_enabled(merged):
+        JPQConfig.from_mapping({k: _literal(v) for k, v in merged.items()})
+    return files, config_dict
+
+
+def _literal(value):
+    if not isinstance(value, str):
+        return value
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, overrides = parse_args(argv)
+    try:
+        files, config_dict = build_config_dict(args, overrides)
+        sys.argv = [sys.argv[0], *overrides]
+        from .recbole import activate, run
+
+        activate()
+        run(
+            args.model,
+            args.dataset,
+            config_file_list=files,
+            config_dict=config_dict,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+    except URecJPQError as err:
+        print(f"urecjpq-recbole: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

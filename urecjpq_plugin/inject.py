@@ -1,0 +1,251 @@
+"""Find a model's ID tables and swap them for :class:`JPQEmbedding`, host-agnostic.
+
+Three table patterns are handled in place:
+
+- ``nn.Embedding`` modules (read via ``forward(ids)`` or ``.weight``) -> replaced by the module;
+- raw 2-D ``nn.Parameter`` attributes and ``ParameterDict`` entries -> the Parameter is removed,
+  the ``JPQEmbedding`` is registered beside it as ``<name>_jpq`` and the old name becomes a
+  read-only property returning the decoded table (the owning module's class is swapped for a
+  one-property subclass, as ``torch.nn.utils.parametrize`` does).
+
+Which attributes are ID tables: a registry (:func:`register_id_tables`) or the default rule
+(:func:`match_id_tables`, a pure function). All targets are validated before anything changes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .config import JPQConfig, JPQConfigError, URecJPQError
+from .jpq import JPQEmbedding
+
+
+class JPQTargetError(URecJPQError):
+    """The model has no table matching the requested targets, or a registered table is wrong."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    path: str  # dotted path from the model root; ParameterDict keys are the last part
+    entity: str  # which ID space indexes the rows: "user", "item", ...
+    kind: str  # "embedding" (nn.Embedding module) or "parameter" (2-D Parameter)
+    shape: tuple[int, int]
+
+
+_REGISTRY: dict[str, dict[str, tuple[str, ...]]] = {}
+_NAME_HINT = re.compile(r"(user|item|^u_|^i_|_u_|_i_)", re.IGNORECASE)
+
+
+def register_id_tables(model: type | str, **paths_by_entity: Iterable[str]) -> None:
+    """Declare a model's ID tables, e.g. ``register_id_tables("NNCF", user=["user_embedding"], item=[...])``.
+
+    ``model`` is a class, its ``__name__`` or ``module.QualName``; paths are dotted attribute paths.
+    """
+    key = model if isinstance(model, str) else f"{model.__module__}.{model.__qualname__}"
+    _REGISTRY[key] = {entity: tuple(paths) for entity, paths in paths_by_entity.items()}
+
+
+def registered_tables(model: nn.Module) -> dict[str, tuple[str, ...]] | None:
+    for cls in type(model).__mro__:
+        for key in (f"{cls.__module__}.{cls.__qualname__}", cls.__name__):
+            if key in _REGISTRY:
+                return _REGISTRY[key]
+    return None
+
+
+def list_candidate_tables(model: nn.Module) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Every ``(path, kind, shape)`` that could be a table: Embedding modules and 2-D Parameters."""
+    found = []
+    embedding_params = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            found.append((name, "embedding", tuple(module.weight.shape)))
+            embedding_params.add(f"{name}.weight")
+    for name, param in model.named_parameters():
+        if param.ndim == 2 and name not in embedding_params:
+            found.append((name, "parameter", tuple(param.shape)))
+    return found
+
+
+def match_id_tables(
+    candidates: Iterable[tuple[str, str, tuple[int, ...]]],
+    counts: Mapping[str, int],
+    targets: Iterable[str],
+    registered: Mapping[str, Iterable[str]] | None = None,
+) -> list[TableRef]:
+    """Pure rule: which candidates are ID tables of ``targets``.
+
+    With ``registered`` paths, exactly those (and each must exist with the right row count).
+    Otherwise the default rule: the leaf name mentions user/item (``user_embedding``,
+    ``item_emb``, ``u_embedding`` ...), and the row count equals one entity's ID count; rows decide
+    the entity (NNCF's ``user_neigh_embedding`` is indexed by items), the name only breaks ties.
+    """
+    targets = tuple(targets)
+    by_path = {path: (kind, shape) for path, kind, shape in candidates}
+    refs = []
+    if registered is not None:
+        for entity, paths in registered.items():
+            if entity not in targets:
+                continue
+            for path in paths:
+                if path not in by_path:
+                    raise JPQTargetError(
+                        f"registered {entity} table {path!r} does not exist; tables present: {sorted(by_path)}"
+                    )
+                kind, shape = by_path[path]
+                if entity in counts and shape[0] != counts[entity]:
+                    raise JPQTargetError(
+                        f"registered {entity} table {path!r} has {shape[0]} rows, expected {counts[entity]}"
+                    )
+                refs.append(TableRef(path, entity, kind, (shape[0], shape[1])))
+        return refs
+    for path, (kind, shape) in by_path.items():
+        leaf = path.rsplit(".", 1)[-1]
+        if len(shape) != 2 or not _NAME_HINT.search(leaf):
+            continue
+        entities = [e for e in targets if counts.get(e) == shape[0]]
+        if len(entities) > 1:  # equal ID counts: the name decides
+            entities = [e for e in entities if e in leaf.lower()] or entities[:1]
+        if entities:
+            refs.append(TableRef(path, entities[0], kind, (shape[0], shape[1])))
+    return refs
+
+
+def find_id_tables(model: nn.Module, counts: Mapping[str, int], targets: Iterable[str]) -> list[TableRef]:
+    """Resolve the ID tables of ``model``; raise :class:`JPQTargetError` naming what was searched."""
+    targets = tuple(targets)
+    candidates = list_candidate_tables(model)
+    registered = registered_tables(model)
+    refs = match_id_tables(candidates, counts, targets, registered)
+    if not refs:
+        searched = (
+            f"registered tables {dict(registered)}"
+            if registered is not None
+            else "nn.Embedding modules and 2-D Parameters named like user/item (user_embedding, item_emb, "
+            f"u_embedding ...) with rows = {dict((t, counts.get(t)) for t in targets)}"
+        )
+        present = [f"{p} {list(s)}" for p, _, s in candidates] or ["none"]
+        raise JPQTargetError(
+            f"model {type(model).__name__} has no ID table for jpq_targets={list(targets)}: searched {searched}; "
+            f"2-D tables present: {', '.join(present)}; declare yours with "
+            f"urecjpq_plugin.register_id_tables({type(model).__name__!r}, user=[...], item=[...])"
+        )
+    return refs
+
+
+def _resolve(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, leaf = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), leaf
+
+
+def _table_of(parent: nn.Module, leaf: str, kind: str) -> tuple[torch.Tensor, int | None]:
+    if kind == "embedding":
+        module = getattr(parent, leaf)
+        return module.weight, module.padding_idx
+    return parent._parameters[leaf], None
+
+
+def _install_property(parent: nn.Module, leaf: str) -> None:
+    """Make ``parent.<leaf>`` return ``parent.<leaf>_jpq.weight`` (decoded, differentiable)."""
+    cls = type(parent)
+    if not getattr(cls, "_urecjpq_swapped", False):
+        cls = type(cls.__name__, (cls,), {"_urecjpq_swapped": True, "__module__": cls.__module__})
+        parent.__class__ = cls
+
+    def get(self: nn.Module, _leaf: str = leaf) -> torch.Tensor:
+        return getattr(self, f"{_leaf}_jpq").weight
+
+    def set_(self: nn.Module, value: object, _leaf: str = leaf) -> None:
+        raise AttributeError(f"{_leaf} is a JPQ-compressed table (see {_leaf}_jpq) and cannot be reassigned")
+
+    setattr(cls, leaf, property(get, set_))
+
+
+def swap_table(model: nn.Module, ref: TableRef, new: nn.Module) -> None:
+    """Put ``new`` (usually a :class:`JPQEmbedding`) where the table ``ref`` was."""
+    parent, leaf = _resolve(model, ref.path)
+    if ref.kind == "embedding":
+        setattr(parent, leaf, new)
+        return
+    del parent._parameters[leaf]
+    parent.add_module(f"{leaf}_jpq", new)
+    _install_property(parent, leaf)
+
+
+@dataclass(frozen=True)
+class SwapRecord:
+    path: str
+    entity: str
+    rows: int
+    dim: int
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+
+
+def inject_jpq(
+    model: nn.Module,
+    refs: list[TableRef],
+    codes_for: Callable[[str], torch.Tensor],
+    config: JPQConfig,
+) -> list[SwapRecord]:
+    """Validate every table, then swap each for a :class:`JPQEmbedding` sharing its entity's codes.
+
+    ``codes_for(entity)`` returns ``[rows, M]`` codes; it is called once per entity, after all
+    tables have passed the checks, so bad settings fail before any work or change.
+    """
+    for ref in refs:
+        config.check_dim(ref.shape[1], table=ref.path)
+    codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for r in refs)}
+    for ref in refs:
+        if codes[ref.entity].shape != (ref.shape[0], config.M):
+            raise JPQConfigError(
+                f"codes for {ref.entity} have shape {tuple(codes[ref.entity].shape)}; "
+                f"table {ref.path} needs {(ref.shape[0], config.M)}"
+            )
+    records = []
+    for ref in refs:
+        parent, leaf = _resolve(model, ref.path)
+        table, padding_idx = _table_of(parent, leaf, ref.kind)
+        new = JPQEmbedding.from_table(table, codes[ref.entity].to(table.device), config.ksub, padding_idx)
+        trainable = table.requires_grad
+        records.append(
+            SwapRecord(
+                ref.path,
+                ref.entity,
+                ref.shape[0],
+                ref.shape[1],
+                table.numel() if trainable else 0,
+                new.sub_embeddings.numel() if trainable else 0,
+                table.numel() * table.element_size(),
+                new.compact_bytes(),
+            )
+        )
+        swap_table(model, ref, new)
+    return records
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def jpq_modules(model: nn.Module) -> dict[str, JPQEmbedding]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, JPQEmbedding)}
+
+
+def format_records(records: list[SwapRecord]) -> str:
+    before = sum(r.params_before for r in records)
+    after = sum(r.params_after for r in records)
+    b_before = sum(r.bytes_before for r in records)
+    b_after = sum(r.bytes_after for r in records)
+    tables = ", ".join(f"{r.path}[{r.rows}x{r.dim}]->{r.entity}" for r in records)
+    return (
+        f"JPQ swapped {len(records)} ID tables ({tables}): trainable table parameters {before:,} -> {after:,}; "
+        f"table bytes {b_before:,} -> {b_after:,} ({b_after / max(b_before, 1):.1%})"
+    )

@@ -1,0 +1,116 @@
+"""JPQEmbedding: a drop-in ``nn.Embedding`` whose rows are concatenated shared sub-embeddings.
+
+``e(i) = C[0, g(i,0)] || ... || C[M-1, g(i,M-1)]`` with fixed codes ``g`` (a uint buffer) and
+learned ``C [M, ksub, dsub]`` (the only Parameter), ``dsub = d / M``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import as_codes
+from .config import JPQConfigError
+
+
+class JPQEmbedding(nn.Module):
+    """``nn.Embedding`` replacement: ``forward(ids)``, ``.weight`` (decoded, differentiable), ``score``.
+
+    Args:
+        codes: ``[num_embeddings, M]`` sub-ids in ``[0, ksub)``.
+        ksub: sub-ids per split (rows of each codebook).
+        embedding_dim: ``d``; must be a multiple of ``M``.
+        padding_idx: as in ``nn.Embedding``: that row decodes to zeros and gets no gradient.
+    """
+
+    def __init__(self, codes: torch.Tensor, ksub: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        codes = as_codes(codes, ksub)
+        num_embeddings, M = codes.shape
+        if embedding_dim % M:
+            raise JPQConfigError(f"embedding_dim={embedding_dim} should be a multiple of M={M}")
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += num_embeddings
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.M, self.ksub, self.dsub = M, ksub, embedding_dim // M
+        self.register_buffer("codes", codes)
+        # Offsets turn per-split sub-ids into rows of the flattened [M * ksub, dsub] codebook.
+        self.register_buffer("offsets", torch.arange(M) * ksub, persistent=False)
+        self.sub_embeddings = nn.Parameter(torch.empty(M, ksub, self.dsub))
+        nn.init.uniform_(self.sub_embeddings, -0.05, 0.05)  # RecJPQ's default
+
+    @classmethod
+    def from_table(
+        cls, table: torch.Tensor, codes: torch.Tensor, ksub: int, padding_idx: int | None = None
+    ) -> JPQEmbedding:
+        """Replace an initialised table: same shape, device, dtype, trainability and init scale.
+
+        Sub-embeddings are drawn from N(mean, std) of the table's entries, so decoded rows have the
+        element scale the host's own initialisation gave (xavier, normal, uniform ...).
+        """
+        num_embeddings, dim = table.shape
+        if codes.shape[0] != num_embeddings:
+            raise JPQConfigError(f"codes have {codes.shape[0]} rows but the table has {num_embeddings}")
+        module = cls(codes, ksub, dim, padding_idx)
+        values = table.detach().float()
+        if padding_idx is not None and num_embeddings > 1:
+            values = values[torch.arange(num_embeddings, device=values.device) != module.padding_idx]
+        mean, std = values.mean().item(), values.std().item() if values.numel() > 1 else 0.05
+        with torch.no_grad():
+            module.sub_embeddings.normal_(mean, std if std > 0 else 0.05)
+        module.sub_embeddings.requires_grad_(table.requires_grad)
+        return module.to(device=table.device, dtype=table.dtype)
+
+    @classmethod
+    def from_centroids(
+        cls, codes: torch.Tensor, centroids: torch.Tensor, padding_idx: int | None = None
+    ) -> JPQEmbedding:
+        """Build from product-quantisation output (``codes``, ``centroids [M, ksub, dsub]``)."""
+        M, ksub, dsub = centroids.shape
+        module = cls(codes, ksub, M * dsub, padding_idx)
+        with torch.no_grad():
+            module.sub_embeddings.copy_(centroids)
+        return module
+
+    # -- encode/decode ------------------------------------------------------------------------
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings)."""
+        flat = codes.long() + self.offsets  # [..., M] rows of the flat codebook
+        table = self.sub_embeddings.reshape(self.M * self.ksub, self.dsub)
+        return F.embedding(flat, table).reshape(*codes.shape[:-1], self.embedding_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Gather only the rows asked for: ``ids [...]`` -> ``[..., d]``."""
+        out = self.decode(self.codes[ids])
+        if self.padding_idx is not None:
+            out = out * (ids != self.padding_idx).unsqueeze(-1).to(out.dtype)
+        return out
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight``."""
+        out = self.decode(self.codes)
+        if self.padding_idx is not None:
+            keep = torch.ones(self.num_embeddings, 1, dtype=out.dtype, device=out.device)
+            keep[self.padding_idx] = 0
+            out = out * keep
+        return out
+
+    def score(self, queries: torch.Tensor) -> torch.Tensor:
+        """PQ scoring (PQTopK): ``queries [B, d]`` -> ``[B, num_embeddings]`` dot products, no decoded table."""
+        from .topk import pq_scores  # local import: topk builds on this module
+
+        return pq_scores(queries, self.sub_embeddings, self.codes, self.padding_idx)
+
+    # -- sizes ----------------------------------------------------------------------------------
+    def compact_bytes(self) -> int:
+        """Bytes of codes plus sub-embeddings (what the checkpoint stores)."""
+        return self.codes.numel() * self.codes.element_size() + self.sub_embeddings.numel() * self.sub_embeddings.element_size()
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, M={self.M}, ksub={self.ksub}, "
+            f"codes={str(self.codes.dtype).replace('torch.', '')}{pad}"
+        )
