@@ -34,10 +34,12 @@ def as_codes(codes: np.ndarray | torch.Tensor, ksub: int) -> torch.Tensor:
     codes = torch.as_tensor(codes)
     if codes.ndim != 2:
         raise JPQConfigError(f"codes must have shape [N, M]; got {tuple(codes.shape)}")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= ksub):
-        raise JPQConfigError(
-            f"codes hold values in [{int(codes.min())}, {int(codes.max())}]; valid sub-ids are [0, {ksub})"
-        )
+    if codes.numel():
+        # numpy, because torch has no min/max for uint16/uint32
+        values = codes.detach().cpu().numpy()
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= ksub:
+            raise JPQConfigError(f"codes hold values in [{low}, {high}]; valid sub-ids are [0, {ksub})")
     return codes.to(code_dtype(ksub))
 
 
@@ -63,7 +65,7 @@ def quantile_bin(components: np.ndarray, ksub: int) -> torch.Tensor:
     return as_codes(codes, ksub)
 
 
-def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = 4, oversample: int = 8):
+def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = 7, oversample: int = 10):
     """Truncated SVD by randomised range finding (Halko et al.); never densifies ``X``.
 
     Memory is ``O((n_rows + n_cols) * (k + oversample))``, so 10^7 x 10^7 sparse inputs fit.
@@ -135,13 +137,29 @@ def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> to
     return out
 
 
+def _kmeans_plus_plus(x: torch.Tensor, ksub: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centroid drawn with probability ~ squared distance."""
+    centroids = x[torch.randint(len(x), (1,), generator=gen)]
+    best = ((x - centroids[0]) ** 2).sum(1)
+    for _ in range(1, ksub):
+        if best.sum() <= 0:  # fewer distinct points than centroids: repeat one, it stays unused
+            pick = torch.randint(len(x), (1,), generator=gen)
+        else:
+            pick = torch.multinomial(best, 1, generator=gen)
+        centroids = torch.cat([centroids, x[pick]])
+        best = torch.minimum(best, ((x - x[pick]) ** 2).sum(1))
+    return centroids
+
+
 def kmeans_codes(
-    vectors: torch.Tensor, M: int, ksub: int, seed: int, iters: int = 20
+    vectors: torch.Tensor, M: int, ksub: int, seed: int, iters: int = 25, max_points_per_centroid: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Product quantisation: per split, k-means of the sub-vectors.
+    """Product quantisation: per split, k-means of the sub-vectors (k-means++ seeding, Lloyd steps).
 
     ``vectors [N, d]`` -> ``codes [N, M]`` and ``centroids [M, ksub, d/M]`` (the decoded table
-    ``centroids[k, codes[:, k]]`` concatenated over ``k`` approximates ``vectors``).
+    ``centroids[k, codes[:, k]]`` concatenated over ``k`` approximates ``vectors``). As in faiss,
+    centroids are trained on at most ``ksub * max_points_per_centroid`` sampled rows; all rows
+    are then assigned.
     """
     vectors = torch.as_tensor(vectors, dtype=torch.float32).detach().cpu()
     n, d = vectors.shape
@@ -149,20 +167,18 @@ def kmeans_codes(
         raise JPQConfigError(f"d={d} should be a multiple of M={M}")
     dsub = d // M
     gen = torch.Generator().manual_seed(seed)
+    sample = torch.randperm(n, generator=gen)[: ksub * max_points_per_centroid]
     codes = torch.empty(n, M, dtype=torch.long)
     centroids = torch.empty(M, ksub, dsub)
     for k in range(M):
-        x = vectors[:, k * dsub : (k + 1) * dsub]
-        init = torch.randperm(n, generator=gen)[: min(n, ksub)]
-        if n < ksub:  # fewer points than centroids: the extras repeat points and stay unused
-            init = torch.cat([init, init[torch.randint(len(init), (ksub - n,), generator=gen)]])
-        c = x[init].clone()
+        x = vectors[sample, k * dsub : (k + 1) * dsub]
+        c = _kmeans_plus_plus(x, ksub, gen)
         for _ in range(iters):
             assign = _nearest(x, c)
             sums = torch.zeros_like(c).index_add_(0, assign, x)
             counts = torch.bincount(assign, minlength=ksub).float()
             filled = counts > 0
             c[filled] = sums[filled] / counts[filled, None]
-        codes[:, k] = _nearest(x, c)
+        codes[:, k] = _nearest(vectors[:, k * dsub : (k + 1) * dsub], c)
         centroids[k] = c
     return as_codes(codes, ksub), centroids

@@ -150,20 +150,28 @@ def _table_of(parent: nn.Module, leaf: str, kind: str) -> tuple[torch.Tensor, in
     return parent._parameters[leaf], None
 
 
+def _refuse_reassignment(self: nn.Module, name: str, value: object) -> None:
+    if name in type(self)._urecjpq_tables:
+        raise AttributeError(f"{name} is a JPQ-compressed table (see {name}_jpq) and cannot be reassigned")
+    super(type(self), self).__setattr__(name, value)
+
+
 def _install_property(parent: nn.Module, leaf: str) -> None:
     """Make ``parent.<leaf>`` return ``parent.<leaf>_jpq.weight`` (decoded, differentiable)."""
     cls = type(parent)
-    if not getattr(cls, "_urecjpq_swapped", False):
-        cls = type(cls.__name__, (cls,), {"_urecjpq_swapped": True, "__module__": cls.__module__})
+    if "_urecjpq_tables" not in cls.__dict__:  # one private subclass per instance
+        cls = type(
+            cls.__name__,
+            (cls,),
+            {"_urecjpq_tables": set(), "__module__": cls.__module__, "__setattr__": _refuse_reassignment},
+        )
         parent.__class__ = cls
 
-    def get(self: nn.Module, _leaf: str = leaf) -> torch.Tensor:
+    def decoded(self: nn.Module, _leaf: str = leaf) -> torch.Tensor:
         return getattr(self, f"{_leaf}_jpq").weight
 
-    def set_(self: nn.Module, value: object, _leaf: str = leaf) -> None:
-        raise AttributeError(f"{_leaf} is a JPQ-compressed table (see {_leaf}_jpq) and cannot be reassigned")
-
-    setattr(cls, leaf, property(get, set_))
+    cls._urecjpq_tables.add(leaf)
+    setattr(cls, leaf, property(decoded))
 
 
 def swap_table(model: nn.Module, ref: TableRef, new: nn.Module) -> None:

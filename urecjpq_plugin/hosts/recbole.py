@@ -225,8 +225,13 @@ def is_active() -> bool:
 
 
 def run(model: str, dataset: str, **kwargs: Any) -> Any:
-    """``recbole.quick_start.run`` with the plugin active (single process)."""
+    """``recbole.quick_start.run`` with the plugin active (in every rank when ``nproc``/``world_size`` ask for many)."""
     activate()
+    if kwargs.get("nproc", 1) > 1 or kwargs.get("world_size", -1) > 0:
+        # Spawned ranks do not inherit this process's hooks; this runner re-installs them in each.
+        from .recbole_ddp import run_distributed
+
+        return run_distributed(model, dataset, **kwargs)
     from recbole.quick_start import run as recbole_run
 
     return recbole_run(model, dataset, **kwargs)

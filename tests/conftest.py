@@ -1,0 +1,26 @@
+import os
+
+import pytest
+
+
+def recbole_data_path() -> str:
+    recbole = pytest.importorskip("recbole", reason="RecBole not installed (pip install -e .[recbole])")
+    return os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
+
+
+@pytest.fixture
+def recbole_env(tmp_path, monkeypatch):
+    """Activate the RecBole host and keep RecBole's ./log, ./saved inside tmp_path."""
+    data_path = recbole_data_path()
+    from urecjpq_plugin.hosts import recbole as host
+
+    host.activate()
+    monkeypatch.chdir(tmp_path)
+    return {
+        "data_path": data_path,
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "show_progress": False,
+        "topk": [10, 20],
+        "state": "WARNING",
+        "train_batch_size": 4096,
+    }

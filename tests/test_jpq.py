@@ -1,0 +1,85 @@
+import pytest
+import torch
+from torch import nn
+
+from urecjpq_plugin import JPQConfigError, JPQEmbedding
+from urecjpq_plugin.codes import code_dtype, random_codes
+
+
+@pytest.mark.parametrize("n,d,M,ksub", [(1, 8, 1, 2), (50, 16, 4, 16), (300, 64, 8, 256), (40, 12, 3, 300)])
+def test_decode_is_concatenation_of_sub_embeddings(n, d, M, ksub):
+    codes = random_codes(n, M, ksub, seed=n)
+    emb = JPQEmbedding(codes, ksub, d)
+    C = emb.sub_embeddings
+    expected = torch.cat([C[k, codes[:, k].long()] for k in range(M)], dim=1)
+    assert torch.equal(emb.weight, expected)
+    assert torch.equal(emb.decode(codes), expected)
+    ids = torch.randint(0, n, (7, 3))
+    assert torch.equal(emb(ids), expected[ids])
+    assert emb.codes.dtype == code_dtype(ksub)
+
+
+def test_code_dtype_is_smallest_unsigned():
+    assert code_dtype(2) == torch.uint8
+    assert code_dtype(256) == torch.uint8
+    assert code_dtype(257) == torch.uint16
+    assert code_dtype(65536) == torch.uint16
+    assert code_dtype(65537) == torch.uint32
+
+
+def test_gradients_reach_only_used_sub_embeddings():
+    codes = torch.tensor([[0, 1], [2, 1], [3, 3]])
+    emb = JPQEmbedding(codes, ksub=4, embedding_dim=4)
+    emb(torch.tensor([0])).sum().backward()
+    assert [n for n, p in emb.named_parameters()] == ["sub_embeddings"]
+    assert not emb.codes.requires_grad
+    grad = emb.sub_embeddings.grad
+    touched = {(k, j) for k in range(2) for j in range(4) if grad[k, j].abs().sum() > 0}
+    assert touched == {(0, 0), (1, 1)}
+
+
+def test_weight_is_differentiable():
+    emb = JPQEmbedding(random_codes(10, 2, 4, 0), 4, 4)
+    (emb.weight ** 2).sum().backward()
+    assert emb.sub_embeddings.grad is not None and emb.sub_embeddings.grad.abs().sum() > 0
+
+
+def test_padding_row_is_zero_and_gets_no_gradient():
+    codes = torch.tensor([[1, 1], [1, 1], [0, 2]])  # row 0 shares sub-ids with row 1
+    emb = JPQEmbedding(codes, ksub=4, embedding_dim=4, padding_idx=0)
+    assert torch.equal(emb.weight[0], torch.zeros(4))
+    assert torch.equal(emb(torch.tensor([0, 0])), torch.zeros(2, 4))
+    emb(torch.tensor([0])).sum().backward()
+    assert emb.sub_embeddings.grad.abs().sum() == 0
+    assert emb.weight[1].abs().sum() > 0
+
+
+def test_from_table_keeps_shape_scale_and_trainability():
+    table = nn.Embedding(5000, 32)
+    nn.init.xavier_normal_(table.weight)
+    emb = JPQEmbedding.from_table(table.weight, random_codes(5000, 4, 256, 0), 256)
+    assert emb.weight.shape == table.weight.shape
+    assert emb.sub_embeddings.std().item() == pytest.approx(table.weight.std().item(), rel=0.1)
+    frozen = nn.Embedding(100, 8).requires_grad_(False)
+    assert not JPQEmbedding.from_table(frozen.weight, random_codes(100, 2, 4, 0), 4).sub_embeddings.requires_grad
+
+
+def test_state_dict_is_compact():
+    emb = JPQEmbedding(random_codes(10_000, 8, 256, 0), 256, 64)
+    state = emb.state_dict()
+    assert set(state) == {"codes", "sub_embeddings"}
+    assert state["codes"].dtype == torch.uint8
+    assert emb.compact_bytes() == 10_000 * 8 + 8 * 256 * 8 * 4
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(codes=torch.zeros(4, 3, dtype=torch.long), ksub=4, embedding_dim=8), "embedding_dim=8 should be a multiple of M=3"),
+        (dict(codes=torch.full((4, 2), 4), ksub=4, embedding_dim=8), r"valid sub-ids are \[0, 4\)"),
+        (dict(codes=torch.zeros(4, 2, dtype=torch.long), ksub=1, embedding_dim=8), "ksub=1 is out of range"),
+    ],
+)
+def test_bad_construction_is_a_clear_error(kwargs, match):
+    with pytest.raises(JPQConfigError, match=match):
+        JPQEmbedding(**kwargs)

@@ -1,0 +1,100 @@
+"""RecBole host end to end: CLI, checkpoint round trip, examples, bad input."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from urecjpq_plugin.hosts.recbole_cli import main as cli_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkpoints(folder):
+    return sorted(glob.glob(os.path.join(folder, "*.pth")))
+
+
+def test_checkpoint_is_compact_and_reloads_with_identical_metrics(recbole_env):
+    from recbole.utils import get_trainer
+
+    from urecjpq_plugin.hosts.recbole import load_data_and_model, run
+
+    result = run("BPR", "ml-100k", config_dict={**recbole_env, "jpq": True, "epochs": 2})
+    (path,) = checkpoints(recbole_env["checkpoint_dir"])
+    state = torch.load(path, weights_only=False)["state_dict"]
+    assert state["user_embedding.codes"].dtype == torch.uint8
+    assert state["item_embedding.sub_embeddings"].shape == (8, 256, 8)
+    assert "user_embedding.weight" not in state
+
+    config, model, _, _, _, test_data = load_data_and_model(path)
+    reloaded = get_trainer(config["MODEL_TYPE"], config["model"])(config, model).evaluate(
+        test_data, load_best_model=False
+    )
+    assert dict(reloaded) == dict(result["test_result"])
+
+
+def test_checkpoint_and_model_must_agree_on_compression(recbole_env):
+    from recbole.quick_start import quick_start
+
+    from urecjpq_plugin.hosts.recbole import JPQCheckpointError
+
+    from .test_recbole_models import build
+
+    _, plain, *_ = build("BPR", recbole_env)
+    _, compressed, *_ = build("BPR", {**recbole_env, "jpq": True})
+    with pytest.raises(JPQCheckpointError, match="holds JPQ-compressed tables .* set jpq: true"):
+        plain.load_state_dict(compressed.state_dict())
+    with pytest.raises(JPQCheckpointError, match="holds an uncompressed table user_embedding.weight .* jpq: true"):
+        compressed.load_state_dict(plain.state_dict())
+    assert quick_start.get_model("BPR") is type(plain)
+
+
+def test_cli_trains_evaluates_and_writes_checkpoint(tmp_path, monkeypatch, recbole_env):
+    monkeypatch.setattr(sys, "argv", ["urecjpq-recbole"])
+    ck = tmp_path / "ck"
+    code = cli_main(["--model=BPR", "--dataset=ml-100k", "--jpq", "--epochs=1", f"--checkpoint_dir={ck}",
+                     "--show_progress=False", "--train_batch_size=4096"])
+    assert code == 0
+    (path,) = checkpoints(ck)
+    assert torch.load(path, weights_only=False)["config"]["jpq"] is True
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--jpq_ksub=1"], "jpq_ksub=1 is invalid; it must be an integer in [2, "),
+        ([f"--jpq_ksub={2**33}"], "jpq_ksub=8589934592 is invalid"),
+        (["--jpq_code_assign=pca"], "jpq_code_assign='pca' is unknown; valid: svd, random"),
+        (["--jpq_targets=['user','movie']"], "unknown target 'movie'; valid: user, item, image, text"),
+        (["--jpq_M=7"], "embedding size 64 of user_embedding is not a multiple of jpq_M=7"),
+        (["--model=Pop"], "model Pop has no ID table for jpq_targets=['user', 'item']"),
+        (["--jpq_targets=['image']"], "multimodal feature tables, which only the MMRec host has"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_no_checkpoint(args, message, tmp_path, monkeypatch, capsys, recbole_env):
+    monkeypatch.setattr(sys, "argv", ["urecjpq-recbole"])
+    ck = tmp_path / "ck"
+    base = ["--model=BPR", "--dataset=ml-100k", "--jpq", "--epochs=1", f"--checkpoint_dir={ck}"]
+    override = {a.split("=")[0] for a in args}
+    code = cli_main([a for a in base if a.split("=")[0] not in override] + args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1
+    assert checkpoints(ck) == []
+
+
+def test_example_yaml_and_api_script_run(tmp_path, recbole_env):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    cli = [sys.executable, "-m", "urecjpq_plugin.hosts.recbole_cli", "--model=BPR", "--dataset=ml-100k",
+           f"--config_files={ROOT}/examples/recbole_jpq.yaml", "--epochs=1", "--show_progress=False",
+           f"--checkpoint_dir={tmp_path}/ck"]
+    done = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "JPQ swapped 2 ID tables" in done.stdout + done.stderr
+    api = [sys.executable, f"{ROOT}/examples/recbole_api.py", "--epochs", "1"]
+    done = subprocess.run(api, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "recall@20" in done.stdout and "JPQ swapped 2 ID tables" in done.stdout + done.stderr
