@@ -103,6 +103,12 @@ class JPQEmbedding(nn.Module):
 
         return pq_scores(queries, self.sub_embeddings, self.codes, self.padding_idx)
 
+    def topk(self, queries: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` rows by dot product with ``queries [B, d]``, in bounded memory (chunked)."""
+        from .topk import topk_from_codes
+
+        return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx)
+
     # -- sizes ----------------------------------------------------------------------------------
     def compact_bytes(self) -> int:
         """Bytes of codes plus sub-embeddings (what the checkpoint stores)."""

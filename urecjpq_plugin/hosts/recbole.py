@@ -145,6 +145,9 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
         return cache[entity]
 
     records = inject_jpq(model, refs, codes_for, jcfg)
+    from .recbole_topk import install_pq_full_sort
+
+    install_pq_full_sort(model)  # full-sort scoring from codes where the item score is a plain dot product
     logger = getLogger()
     logger.info(format_records(records))
     logger.info(

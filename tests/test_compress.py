@@ -1,0 +1,161 @@
+"""Post-hoc compression (``urecjpq compress``) and RecBole full-sort through PQ scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from urecjpq_plugin.compress import CompressError, main, quantize_table
+from urecjpq_plugin.jpq import JPQEmbedding
+
+
+@pytest.mark.parametrize("n,d,M,ksub,padding_idx", [(16, 8, 2, 16, None), (500, 32, 4, 16, None), (300, 16, 8, 256, 0)])
+def test_table_built_from_centroids_is_recovered_exactly(n, d, M, ksub, padding_idx):
+    torch.manual_seed(n)
+    codes = torch.stack([torch.randperm(n) % ksub for _ in range(M)], dim=1)  # every sub-id used
+    source = JPQEmbedding(codes, ksub, d, padding_idx)
+    with torch.no_grad():
+        source.sub_embeddings.normal_()
+    table = source.weight.detach()
+    got_codes, centroids = quantize_table(table, M, ksub, seed=0, padding_idx=padding_idx)
+    assert got_codes.dtype == source.codes.dtype and centroids.shape == (M, ksub, d // M)
+    rebuilt = JPQEmbedding.from_centroids(got_codes, centroids, padding_idx).weight.detach()
+    torch.testing.assert_close(rebuilt, table, rtol=0, atol=0)
+
+
+def test_trained_like_table_gets_close_kmeans_quantisation():
+    torch.manual_seed(0)
+    table = torch.randn(800, 16)
+    codes, centroids = quantize_table(table, 4, 32, seed=0, iters=10)
+    rebuilt = JPQEmbedding.from_centroids(codes, centroids).weight.detach()
+    err = ((rebuilt - table).norm() / table.norm()).item()
+    baseline = JPQEmbedding.from_centroids(torch.randint(0, 32, (800, 4)), centroids).weight.detach()
+    assert err < 0.7 * ((baseline - table).norm() / table.norm()).item()  # far better than random codes
+
+
+# -- RecBole (ml-100k, BPR, 1 epoch) ----------------------------------------------------------
+needs_recbole = pytest.mark.skipif(importlib.util.find_spec("recbole") is None, reason="RecBole not installed")
+
+
+def _config(tmp_path, **extra):
+    from recbole.config import Config
+
+    from urecjpq_plugin.hosts.recbole_cli import shipped_data_path
+
+    base = {
+        "data_path": shipped_data_path("ml-100k"),
+        "epochs": 1,
+        "show_progress": False,
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "topk": [10, 20],
+        "metrics": ["Recall", "NDCG"],
+        "valid_metric": "NDCG@20",
+        "eval_batch_size": 40960,
+        "state": "WARNING",
+    }
+    return Config(model="BPR", dataset="ml-100k", config_dict={**base, **extra})
+
+
+def _train(config, saved=True):
+    from recbole.data import create_dataset, data_preparation
+    from recbole.quick_start import quick_start
+    from recbole.utils import get_trainer, init_logger, init_seed
+
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = quick_start.get_model(config["model"])(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.fit(train, None, saved=saved, show_progress=False)  # no validation: 1 epoch, keep it short
+    return trainer, model, test
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An uncompressed BPR checkpoint (1 epoch), trained once for the module."""
+    from urecjpq_plugin.hosts import recbole as host
+
+    host.activate()
+    tmp_path = tmp_path_factory.mktemp("bpr")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # RecBole writes ./log, ./log_tensorboard
+    try:
+        trainer, _, _ = _train(_config(tmp_path))
+    finally:
+        os.chdir(cwd)
+    return tmp_path, trainer.saved_model_file
+
+
+@needs_recbole
+def test_pq_full_sort_gives_the_same_metrics_as_decode_then_matmul(tmp_path, monkeypatch):
+    from urecjpq_plugin.hosts import recbole as host
+    from urecjpq_plugin.hosts.recbole_topk import install_pq_full_sort
+
+    host.activate()
+    monkeypatch.chdir(tmp_path)
+    trainer, model, test = _train(_config(tmp_path, jpq=True, jpq_code_assign="random"), saved=False)
+    model.__dict__.pop("full_sort_predict", None)  # the class's own path, even if the builder installed PQ
+    before = trainer.evaluate(test, load_best_model=False)
+    assert install_pq_full_sort(model) and install_pq_full_sort(model)  # idempotent
+    after = trainer.evaluate(test, load_best_model=False)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert after[key] == pytest.approx(before[key], abs=1e-4), key
+
+
+def test_install_pq_full_sort_leaves_uncompressed_and_unmapped_models_alone():
+    from torch import nn
+
+    from urecjpq_plugin.hosts.recbole_topk import install_pq_full_sort
+
+    assert install_pq_full_sort(nn.Linear(2, 2)) is False
+
+
+@needs_recbole
+def test_compress_checkpoint_loads_with_the_plugin_and_keeps_other_weights(trained, tmp_path, monkeypatch, capsys):
+    from urecjpq_plugin.hosts import recbole as host
+
+    _, ckpt = trained
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "bpr-jpq.pth")
+    assert main([ckpt, "--out", out, "--M", "4", "--ksub", "16"]) == 0
+    assert "relative reconstruction error" in capsys.readouterr().out
+    source = torch.load(ckpt, weights_only=False)["state_dict"]
+    config, model, _, _, _, _ = host.load_data_and_model(out)
+    assert config["jpq"] and config["jpq_M"] == 4 and config["jpq_ksub"] == 16
+    for name in ("user_embedding", "item_embedding"):
+        table = getattr(model, name)
+        assert isinstance(table, JPQEmbedding) and table.M == 4 and table.ksub == 16
+        codes, centroids = quantize_table(source[f"{name}.weight"], 4, 16, seed=config["seed"])
+        assert torch.equal(table.codes, codes)  # load_state_dict overwrote the builder's codes
+        torch.testing.assert_close(table.sub_embeddings.detach(), centroids)
+    assert os.path.getsize(out) < os.path.getsize(ckpt)
+    # Refusals: an existing output is never touched; a JPQ checkpoint is not compressed again.
+    written = open(out, "rb").read()
+    with pytest.raises(CompressError, match="already exists"):
+        main([ckpt, "--out", out])
+    assert open(out, "rb").read() == written
+    with pytest.raises(CompressError, match="already JPQ"):
+        main([out, "--out", str(tmp_path / "twice.pth")])
+    with pytest.raises(CompressError, match="does not exist"):
+        main([str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.pth")])
+    assert not (tmp_path / "twice.pth").exists() and not (tmp_path / "x.pth").exists()
+
+
+@needs_recbole
+def test_compress_with_finetune_writes_a_trained_checkpoint(trained, tmp_path, monkeypatch):
+    _, ckpt = trained
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "tuned.pth")
+    main([ckpt, "--out", out, "--M", "4", "--ksub", "16", "--finetune-epochs", "1"])
+    saved = torch.load(out, weights_only=False)
+    assert "optimizer" in saved  # written by RecBole's trainer
+    trained_items = torch.load(ckpt, weights_only=False)["state_dict"]["item_embedding.weight"]
+    posthoc, _ = quantize_table(trained_items, 4, 16, seed=saved["config"]["seed"])
+    assert torch.equal(saved["state_dict"]["item_embedding.codes"], posthoc)  # codes stay fixed while tuning
+    assert saved["config"]["jpq"] and "item_embedding.sub_embeddings" in saved["state_dict"]

@@ -1,0 +1,154 @@
+"""PQ scoring equals decode-then-matmul; top-k from codes equals torch.topk on the full scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from urecjpq_plugin.codes import random_codes
+from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.topk import TopKError, pq_scores, topk_from_codes
+
+
+def make_table(n: int, d: int, M: int, ksub: int, seed: int = 0, padding_idx=None) -> JPQEmbedding:
+    torch.manual_seed(seed)
+    table = JPQEmbedding(random_codes(n, M, ksub, seed), ksub, d, padding_idx)
+    with torch.no_grad():
+        table.sub_embeddings.normal_()
+    return table
+
+
+def full_scores(table: JPQEmbedding, queries: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return queries @ table.weight.T
+
+
+def assert_same_topk(values, indices, scores, k):
+    """Equal to torch.topk up to ties: same values, and each index really has its value."""
+    ref_values, _ = scores.topk(k, dim=1)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
+    finite = torch.isfinite(values)
+    torch.testing.assert_close(scores.gather(1, indices)[finite], values[finite], rtol=1e-5, atol=1e-5)
+    for row in indices:
+        assert len(set(row.tolist())) == k  # no item twice
+
+
+@pytest.mark.parametrize(
+    "n,d,M,ksub,batch",
+    [(1, 8, 2, 4, 1), (500, 16, 4, 16, 3), (3000, 64, 8, 256, 7), (4097, 32, 8, 256, 1), (700, 16, 2, 1000, 4)],
+)
+def test_pq_scores_equal_decode_then_matmul(n, d, M, ksub, batch):
+    table = make_table(n, d, M, ksub)
+    queries = torch.randn(batch, d)
+    with torch.no_grad():
+        got = table.score(queries)
+        chunked = pq_scores(queries, table.sub_embeddings, table.codes, chunk_size=7)
+    ref = full_scores(table, queries)
+    assert got.shape == (batch, n)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pq_scores_padding_column_is_zero_like_the_decoded_row():
+    table = make_table(300, 16, 4, 16, padding_idx=0)
+    queries = torch.randn(2, 16)
+    with torch.no_grad():
+        got = table.score(queries)
+    torch.testing.assert_close(got, full_scores(table, queries), rtol=1e-5, atol=1e-5)
+    assert torch.all(got[:, 0] == 0)
+
+
+@pytest.mark.parametrize("batch", [1, 6])  # both kernels (per-split gathers, embedding_bag)
+def test_pq_scores_keep_gradients_to_sub_embeddings(batch):
+    table = make_table(200, 16, 4, 16)
+    queries = torch.randn(batch, 16)
+    pq_scores(queries, table.sub_embeddings, table.codes).sum().backward()
+    grad_pq = table.sub_embeddings.grad.clone()
+    table.sub_embeddings.grad = None
+    (queries @ table.weight.T).sum().backward()
+    torch.testing.assert_close(grad_pq, table.sub_embeddings.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,d,M,ksub,batch,k", [(50, 8, 2, 4, 1, 50), (2000, 32, 4, 64, 5, 10), (6000, 64, 8, 256, 3, 100)])
+def test_topk_equals_torch_topk_on_full_scores(n, d, M, ksub, batch, k):
+    table = make_table(n, d, M, ksub, seed=n)
+    queries = torch.randn(batch, d)
+    with torch.no_grad():
+        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, k)
+    assert values.shape == indices.shape == (batch, k)
+    assert_same_topk(values, indices, full_scores(table, queries), k)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 64, 999, 1000, 1001, 100000])
+def test_any_chunk_size_gives_the_same_answer(chunk_size):
+    table = make_table(1000, 16, 4, 32, seed=3)
+    queries = torch.randn(4, 16)
+    seen = [torch.randint(0, 1000, (int(c),)) for c in (0, 5, 50, 400)]
+    with torch.no_grad():
+        ref = topk_from_codes(queries, table.sub_embeddings, table.codes, 20, exclude=seen, chunk_size=1000)
+        got = topk_from_codes(queries, table.sub_embeddings, table.codes, 20, exclude=seen, chunk_size=chunk_size)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    scores = full_scores(table, queries)
+    for row, items in enumerate(seen):
+        scores[row, items] = float("-inf")
+    assert_same_topk(got[0], got[1], scores, 20)
+
+
+@pytest.mark.parametrize("form", ["list", "csr", "bool"])
+def test_exclusions_are_never_returned(form):
+    n, batch, k = 3000, 6, 25
+    table = make_table(n, 32, 8, 64, seed=7)
+    queries = torch.randn(batch, 32)
+    scores = full_scores(table, queries)
+    # Exclude each query's current top 40 plus random items: the answer must change.
+    rng = np.random.default_rng(0)
+    seen = [np.union1d(scores[b].topk(40).indices.numpy(), rng.integers(0, n, 100)) for b in range(batch)]
+    if form == "list":
+        exclude = [torch.as_tensor(s) for s in seen]
+    elif form == "csr":
+        rows = np.repeat(np.arange(batch), [len(s) for s in seen])
+        exclude = sp.csr_matrix((np.ones(len(rows)), (rows, np.concatenate(seen))), shape=(batch, n))
+    else:
+        exclude = torch.zeros(batch, n, dtype=torch.bool)
+        for b, s in enumerate(seen):
+            exclude[b, torch.as_tensor(s)] = True
+    with torch.no_grad():
+        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, k, exclude=exclude, chunk_size=512)
+    for b, s in enumerate(seen):
+        assert not set(indices[b].tolist()) & set(s.tolist())
+        scores[b, torch.as_tensor(s)] = float("-inf")
+    assert_same_topk(values, indices, scores, k)
+
+
+def test_padding_item_scores_zero_in_topk_as_in_full_scores():
+    table = make_table(100, 8, 2, 8, padding_idx=0)
+    queries = -torch.ones(1, 8) * 1e3  # pushes every real item far below 0, so padding (0.0) ranks first
+    with torch.no_grad():
+        table.sub_embeddings.abs_()
+        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 3, padding_idx=0)
+    assert indices[0, 0].item() == 0 and values[0, 0].item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"k": 0}, "k=0"),
+        ({"k": 101}, r"\[1, 100\]"),
+        ({"k": 5, "exclude": [[1]]}, "one per query"),
+        ({"k": 5, "exclude": [[1], [100]]}, "item 100"),
+        ({"k": 5, "exclude": sp.csr_matrix((2, 99))}, "expected"),
+        ({"k": 5, "exclude": 3}, "not supported"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(kwargs, match):
+    table = make_table(100, 8, 2, 8)
+    with pytest.raises(TopKError, match=match):
+        topk_from_codes(torch.randn(2, 8), table.sub_embeddings, table.codes, **kwargs)
+
+
+def test_query_width_must_match():
+    table = make_table(10, 8, 2, 4)
+    with pytest.raises(TopKError, match=r"\[B, 8\]"):
+        pq_scores(torch.randn(2, 6), table.sub_embeddings, table.codes)
