@@ -18,6 +18,7 @@ import torch
 
 from .config import JPQConfigError
 
+_CHUNK = 1 << 20  # rows per block in the SVD's chunked draws and Gram sums
 _UNSIGNED = ((2**8, torch.uint8), (2**16, torch.uint16), (2**32, torch.uint32))
 
 
@@ -49,43 +50,89 @@ def random_codes(n: int, M: int, ksub: int, seed: int) -> torch.Tensor:
     return as_codes(rng.integers(0, ksub, size=(n, M)), ksub)
 
 
-def quantile_bin(components: np.ndarray, ksub: int) -> torch.Tensor:
-    """Per column, rank the values and cut into ``ksub`` equal-count bins.
+def _gram(Y: np.ndarray) -> np.ndarray:
+    """``Y.T @ Y`` accumulated in float64 over row chunks (no float64 copy of ``Y``)."""
+    G = np.zeros((Y.shape[1], Y.shape[1]))
+    for start in range(0, Y.shape[0], _CHUNK):
+        block = Y[start : start + _CHUNK].astype(np.float64)
+        G += block.T @ block
+    return G
 
-    Equivalent to RecJPQ's min-max normalise + noise + quantile bins; ranking with a stable sort
-    breaks ties by ID instead of by noise, so bins are balanced (sizes differ by at most 1).
-    """
-    n, M = components.shape
-    codes = np.empty((n, M), dtype=np.int64)
-    for k in range(M):
-        order = np.argsort(components[:, k], kind="stable")
-        ranks = np.empty(n, dtype=np.int64)
-        ranks[order] = np.arange(n)
-        codes[:, k] = ranks * ksub // max(n, 1)
-    return as_codes(codes, ksub)
+
+def orthonormalize(Y: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of ``Y``'s columns: Cholesky-QR twice; Householder QR if rank-deficient."""
+    Q = Y
+    try:
+        for _ in range(2):
+            L = np.linalg.cholesky(_gram(Q))
+            Q = Q @ np.linalg.inv(L).T.astype(Q.dtype)
+    except np.linalg.LinAlgError:
+        Q, _ = np.linalg.qr(Y)
+    return Q
+
+
+def _gaussian_float32(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+    """``rng.standard_normal((rows, width)).astype(float32)`` (same numbers), drawn in chunks."""
+    out = np.empty((rows, width), dtype=np.float32)
+    for start in range(0, rows, _CHUNK):
+        stop = min(start + _CHUNK, rows)
+        out[start:stop] = rng.standard_normal((stop - start, width))
+    return out
 
 
 def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = 7, oversample: int = 10):
     """Truncated SVD by randomised range finding (Halko et al.); never densifies ``X``.
 
-    Memory is ``O((n_rows + n_cols) * (k + oversample))``, so 10^7 x 10^7 sparse inputs fit.
+    Memory stays at ~3 live ``[N, k + oversample]`` float32 arrays (10^7 x 10^7 inputs fit in a few
+    GiB): float32 draws, Cholesky-QR (twice, for accuracy) with each iterate freed before the next,
+    and the wide ``B`` reduced through its small Gram matrix.
     """
     X = sp.csr_matrix(X, dtype=np.float32)
     n_rows, n_cols = X.shape
     width = min(k + oversample, min(n_rows, n_cols))
     rng = np.random.default_rng(seed)
-    Y = X @ rng.standard_normal((n_cols, width)).astype(np.float32)
+    Y = X @ _gaussian_float32(rng, n_cols, width)
     for _ in range(n_iter):
-        Q, _ = np.linalg.qr(Y)
-        Z, _ = np.linalg.qr(X.T @ Q)
+        Q = orthonormalize(Y)
+        del Y
+        Z = orthonormalize(np.asarray(X.T @ Q))
+        del Q
         Y = X @ Z
-    Q, _ = np.linalg.qr(Y)
-    B = (X.T @ Q).T  # [width, n_cols]
-    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
-    U = Q @ Ub
-    # Fix each component's sign so results do not depend on LAPACK's choice.
-    signs = np.sign(Vt[:, :].sum(axis=1) + 1e-30)
-    return U[:, :k] * signs[:k], s[:k], Vt[:k] * signs[:k, None]
+        del Z
+    Q = orthonormalize(Y)
+    del Y
+    B = np.asarray(X.T @ Q).T  # [width, n_cols]
+    # SVD of the wide B through its width x width Gram matrix: B = Ub S Vt, Vt = S^-1 Ub^T B.
+    evals, Ub = np.linalg.eigh(_gram(B.T))
+    order = np.argsort(evals)[::-1][:k]
+    s = np.sqrt(np.maximum(evals[order], 0.0))
+    Ub = Ub[:, order]
+    Vt = (Ub.T / np.maximum(s, 1e-30)[:, None]).astype(np.float32) @ B
+    del B
+    U = Q @ Ub.astype(np.float32)
+    del Q
+    signs = np.sign(Vt.sum(axis=1, dtype=np.float64) + 1e-30).astype(np.float32)
+    U *= signs
+    Vt *= signs[:, None]
+    return U, s, Vt
+
+
+def quantile_bin(components: np.ndarray, ksub: int) -> torch.Tensor:
+    """Per column, rank the values and cut into ``ksub`` equal-count bins, straight into the code dtype.
+
+    Equivalent to RecJPQ's min-max normalise + noise + quantile bins; ranking with a stable sort
+    breaks ties by ID instead of by noise, so bins are balanced (sizes differ by at most 1).
+    """
+    n, M = components.shape
+    dtype = torch.empty(0, dtype=code_dtype(ksub)).numpy().dtype
+    codes = np.empty((n, M), dtype=dtype)
+    ranks = np.empty(n, dtype=np.int64)
+    for k in range(M):
+        order = np.argsort(components[:, k], kind="stable")
+        ranks[order] = np.arange(n)
+        codes[:, k] = ranks * ksub // max(n, 1)
+        del order
+    return torch.from_numpy(codes)
 
 
 def _components_or_random(components: np.ndarray, n: int, M: int, ksub: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,182 @@
+"""`urecjpq bench` / `bench-scale` plumbing on tiny runs: outputs, consistency, resume, isolation, guards."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from urecjpq_plugin.bench import report, run, scale
+from urecjpq_plugin.bench.hosts import BenchRunnerError, check_result
+from urecjpq_plugin.bench.store import BenchFolderError
+from urecjpq_plugin.config import URecJPQError
+
+MODELS = "BPR,LightGCN"
+
+
+def _tiny_dataset(root):
+    """60 users x 50 items, 15 interactions each: RecBole loads and trains it in about a second."""
+    rng = np.random.default_rng(0)
+    folder = root / "tiny"
+    folder.mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(60):
+        for t, i in enumerate(rng.choice(50, size=15, replace=False)):
+            lines.append(f"{u}\t{i}\t1\t{t}")
+    (folder / "tiny.inter").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _args(data_root, out, *extra):
+    return ["--dataset", "tiny", "--set", f"data_path={data_root}", "--epochs", "1", "--out", str(out),
+            "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    data = _tiny_dataset(root / "data")
+    out = root / "results"
+    rc = run.main(_args(data, out, "--models", MODELS))
+    return {"data": data, "out": out, "rc": rc}
+
+
+def _rows(out):
+    with open(out / "results.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_outputs_present_and_consistent(bench):
+    out = bench["out"]
+    assert bench["rc"] == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert set(records) == {"BPR-base", "BPR-jpq-M8-k256-svd-user+item", "LightGCN-base",
+                            "LightGCN-jpq-M8-k256-svd-user+item"}
+    for rid, rec in records.items():
+        assert rec["status"] == "ok", rec.get("error")
+        assert rec["epochs"] == 1 and rec["seconds_per_epoch"] > 0
+        assert rec["peak_rss_bytes"] > 50 << 20  # a whole interpreter with torch, measured per child
+        assert rec["checkpoint_bytes"] > 0 and 0 < rec["params"]["id_tables"] <= rec["params"]["total"]
+        assert all(0.0 <= rec["metrics"][m] <= 1.0 for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"))
+        assert rec["spec"]["overrides"]["jpq"] == ("jpq" in rid)
+    rows = {r["run_id"]: r for r in _rows(out)}
+    assert set(rows) == set(records)
+    for model in MODELS.split(","):
+        base, jpq = records[f"{model}-base"], records[f"{model}-jpq-M8-k256-svd-user+item"]
+        # Tiny tables (60 and 50 rows x 64) are smaller than the 8 x 256 x 8 codebooks: the
+        # table shows what jpq does at this size, whichever way it goes, computed from the runs.
+        assert jpq["params"]["id_tables"] == 2 * 8 * 256 * 8
+        assert base["params"]["id_tables"] == (61 + 51) * 64  # RecBole adds a padding row
+        row = rows[f"{model}-jpq-M8-k256-svd-user+item"]
+        expect = (jpq["metrics"]["recall@20"] - base["metrics"]["recall@20"]) / base["metrics"]["recall@20"]
+        assert float(row["rel_recall@20"]) == pytest.approx(expect)
+        assert float(row["rel_params_id_tables"]) == pytest.approx(
+            (jpq["params"]["id_tables"] - base["params"]["id_tables"]) / base["params"]["id_tables"])
+        assert rows[f"{model}-base"]["rel_recall@20"] == ""
+    md = (out / "results.md").read_text()
+    assert md.count("| BPR |") == 2 and md.count("| LightGCN |") == 2 and "Mean relative change" in md
+    for png in ("accuracy_vs_params.png", "accuracy_vs_M.png"):
+        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_reruns_only_what_is_missing(bench):
+    out, data = bench["out"], bench["data"]
+    runs = out / "runs"
+    interrupted = runs / "LightGCN-jpq-M8-k256-svd-user+item.json"
+    interrupted.unlink()  # as if the bench was stopped during this run
+    kept = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    assert run.main(_args(data, out, "--models", MODELS)) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json") if p.name in kept} == kept
+    assert json.loads(interrupted.read_text())["status"] == "ok"
+    assert len(_rows(out)) == 4
+
+
+def test_a_crashing_run_is_recorded_and_the_bench_goes_on(bench, tmp_path):
+    # An interpreter that dies at once stands in for a run that crashes (or is killed for memory).
+    rc = run.main(_args(bench["data"], tmp_path / "out", "--models", "BPR", "--python", "/bin/false"))
+    assert rc == 1
+    runs = tmp_path / "out" / "runs"
+    records = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "failed" and "exit status 1" in r["error"] for r in records)
+    assert _rows(tmp_path / "out") == []  # failed runs are not results
+
+
+def test_other_settings_refuse_the_folder(bench):
+    with pytest.raises(BenchFolderError, match="epochs: 2 now, 1 there"):
+        run.main(_args(bench["data"], bench["out"], "--models", MODELS, "--epochs", "2"))
+
+
+def test_folder_that_is_not_a_bench_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BenchFolderError, match="not empty"):
+        run.main(["--out", str(tmp_path), "--no-progress"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_plan_sweeps_every_combination():
+    args = run.parse_args(["--models", "BPR,NGCF", "--M", "4,8", "--ksub", "16,256", "--targets", "user+item,item"])
+    settings, specs = run.plan(args)
+    assert len(specs) == 2 * (1 + 2 * 2 * 2)
+    assert {s["run_id"] for s in specs} >= {"NGCF-base", "BPR-jpq-M4-k16-svd-item", "NGCF-jpq-M8-k256-svd-user+item"}
+    assert all(s["overrides"]["epochs"] == settings["epochs"] for s in specs)
+
+
+@pytest.mark.parametrize(
+    "argv, word",
+    [(["--M", "3x"], "--M"), (["--ksub", "1"], "jpq_ksub"), (["--code-assign", "pca"], "pca"),
+     (["--host", "tensorflow"], "tensorflow"), (["--host", "mmrec"], "--dataset"),
+     (["--host", "mmrec", "--dataset", "ml100k-mm"], "--mmrec-src")],
+)
+def test_bad_options_are_one_line_errors(argv, word):
+    with pytest.raises(URecJPQError, match=word) as err:
+        run.plan(run.parse_args(argv))
+    assert "\n" not in str(err.value)
+
+
+def test_runner_contract_is_checked():
+    with pytest.raises(BenchRunnerError, match="checkpoint_bytes"):
+        check_result({"metrics": dict.fromkeys(("recall@10", "recall@20", "ndcg@10", "ndcg@20"), 0.1),
+                      "epochs": 1, "seconds_per_epoch": 1.0, "params": {}})
+
+
+def test_mmrec_records_are_mapped_onto_the_contract():
+    from urecjpq_plugin.bench.mmrec_runner import to_bench_record
+
+    metrics = {"recall@10": 0.1, "recall@20": 0.2, "ndcg@10": 0.05, "ndcg@20": 0.07, "precision@5": 0.3}
+    record = to_bench_record({"test_result": metrics, "trainable_params": 9, "id_table_params": 5,
+                              "feature_params": 3, "checkpoint_bytes": 100, "epochs_run": 2, "seconds_per_epoch": 1.5})
+    assert check_result(record)["params"] == {"id_tables": 5, "features": 3, "total": 9}
+    assert record["epochs"] == 2 and record["metrics"]["ndcg@20"] == 0.07
+
+
+def test_relative_change_and_mean_summary():
+    def rec(model, jpq, recall, params):
+        return {"run_id": f"{model}-{jpq}", "status": "ok", "jpq": {"M": 8, "ksub": 256, "code_assign": "svd",
+                "targets": ["user", "item"]} if jpq else None, "spec": {"model": model, "dataset": "d"},
+                "metrics": {"recall@10": recall, "recall@20": recall, "ndcg@10": recall, "ndcg@20": recall},
+                "params": {"id_tables": params, "features": 0, "total": params}, "checkpoint_bytes": params}
+
+    rows = report.build_rows([rec("A", False, 0.2, 1000), rec("A", True, 0.19, 10),
+                              rec("B", False, 0.4, 1000), rec("B", True, 0.42, 10)])
+    summary = report.mean_changes(rows)
+    (s,) = summary.values()
+    assert s["models"] == 2 and s["recall@20"] == pytest.approx((-0.05 + 0.05) / 2)
+    assert s["params_id_tables"] == pytest.approx(-0.99)
+
+
+def test_scale_bench_tiny_and_memory_guard(tmp_path):
+    out = tmp_path / "scale"
+    rc = scale.main(["--sizes", "300", "--max-steps", "3", "--eval-users", "20", "--batch", "64", "--out", str(out)])
+    assert rc == 0
+    recs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    base, jpq = recs["3e2-base"], recs["3e2-jpq"]
+    assert base["status"] == jpq["status"] == "ok", (base.get("error"), jpq.get("error"))
+    assert base["id_params"] == 2 * 300 * 64 and jpq["id_params"] == 2 * 8 * 256 * 8
+    assert base["optimizer_bytes"] == 2 * base["id_params"] * 4  # Adam's two moments
+    assert jpq["code_seconds"] > 0 and "code_seconds" not in base and base["steps"] == jpq["steps"] == 3
+    assert "| peak RSS |" in (out / "scale.md").read_text()
+    small = tmp_path / "guard"
+    assert scale.main(["--sizes", "1e7", "--memory-budget", "1G", "--out", str(small)]) == 0
+    guarded = json.loads((small / "runs" / "1e7-base.json").read_text())
+    assert guarded["status"] == "does not fit" and guarded["estimate_bytes"] > 15 << 30
+    assert "does not fit" in (small / "scale.md").read_text()

@@ -1,0 +1,27 @@
+"""MMRec runner for the bench: :func:`urecjpq_plugin.hosts.mmrec.run_one`, its record in the bench's keys.
+
+``hosts.mmrec.run_one(model, dataset, overrides, out_dir, mmrec_src)`` returns ``test_result``,
+``trainable_params``, ``id_table_params``, ``feature_params``, ``checkpoint_bytes``, ``epochs_run``,
+``seconds_per_epoch``; this maps them onto the contract in :mod:`.hosts` and keeps the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def to_bench_record(record: dict) -> dict:
+    if "metrics" in record:  # already in the bench's keys
+        return record
+    out = {k: v for k, v in record.items() if k not in ("test_result", "epochs_run")}
+    out["metrics"] = {k.lower(): float(v) for k, v in record["test_result"].items()}
+    out["epochs"] = record["epochs_run"]
+    out["params"] = {"id_tables": record["id_table_params"], "features": record.get("feature_params", 0),
+                     "total": record["trainable_params"]}
+    return out
+
+
+def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: str | None = None, **options: Any) -> dict:
+    from ..hosts import mmrec
+
+    return to_bench_record(mmrec.run_one(model, dataset, overrides, out_dir, mmrec_src=mmrec_src, **options))

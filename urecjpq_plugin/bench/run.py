@@ -1,0 +1,178 @@
+"""``urecjpq bench``: train each model with and without jpq under the same seed, config and budget.
+
+    urecjpq bench                                   # RecBole, ml-100k, BPR LightGCN NGCF SGL SimpleX
+    urecjpq bench --M 2,4,8,16,32 --ksub 16,64,256  # one jpq run per combination (plus one base per model)
+    urecjpq bench --host mmrec --models FREEDOM,LATTICE --mmrec-src ~/MMRec --dataset ml100k-mm
+
+Sweep options take comma-separated values; ``--targets`` values join tables with ``+``
+(``--targets user+item,item``). Every run is its own subprocess; results go to ``--out`` (see
+:mod:`.store` for the layout and the resume rule: rerunning the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..config import JPQConfig, JPQConfigError, parse_list
+from .hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, run_in_subprocess
+from .report import write_reports
+from .store import all_runs, load_run, open_folder, save_run
+
+DEFAULT_MODELS = {"recbole": "BPR,LightGCN,NGCF,SGL,SimpleX", "mmrec": "FREEDOM,LATTICE"}
+DEFAULT_DATASET = {"recbole": "ml-100k", "mmrec": None}
+# The budget stated in the README table. RecBole's own default (300 epochs, patience 10, batch 2048,
+# lr 0.001) takes hours for five models on a laptop CPU; a larger batch and learning rate converge in
+# tens of epochs. Both variants of a model always get the same budget; override with --epochs/--set.
+DEFAULT_EPOCHS = 30
+DEFAULT_STOPPING_STEP = 5
+DEFAULT_SET = {"recbole": {"train_batch_size": 4096, "learning_rate": 0.005}, "mmrec": {}}
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise JPQConfigError(f"{flag} {text!r} is not a comma-separated list of integers") from None
+
+
+def _set_pairs(pairs: Sequence[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise JPQConfigError(f"--set {pair!r} is not key=value")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="urecjpq bench", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="recbole", help=f"one of {', '.join(HOST_RUNNERS)} (default recbole)")
+    p.add_argument("--models", default=None, help="comma-separated (default: recbole BPR,LightGCN,NGCF,SGL,SimpleX)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: recbole ml-100k)")
+    p.add_argument("--M", default="8", help="jpq_M values, e.g. 2,4,8,16,32 (default 8)")
+    p.add_argument("--ksub", default="256", help="jpq_ksub values (default 256)")
+    p.add_argument("--code-assign", default="svd", help="jpq_code_assign values (default svd)")
+    p.add_argument("--targets", default="user+item", help="jpq_targets values, tables joined by + (default user+item)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epoch cap per run (default {DEFAULT_EPOCHS})")
+    p.add_argument("--stopping-step", type=int, default=DEFAULT_STOPPING_STEP,
+                   help=f"early-stopping patience in evaluations (default {DEFAULT_STOPPING_STEP})")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra host config for every run (repeatable), e.g. --set learning_rate=0.002 "
+                   f"(recbole defaults: {DEFAULT_SET['recbole']})")
+    p.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
+    p.add_argument("--mmrec-src", default=None, help="MMRec checkout (its src/ folder), for --host mmrec")
+    p.add_argument("--python", default=None, help="interpreter for the runs (default: this one)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch/BLAS threads per run (default: torch's; 1 keeps timings stable on a busy machine)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed and marked failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Settings shared by all runs (checked on resume), and one spec per run."""
+    if args.host not in HOST_RUNNERS:
+        raise JPQConfigError(f"--host {args.host!r} is unknown; valid: {', '.join(HOST_RUNNERS)}")
+    dataset = args.dataset or DEFAULT_DATASET[args.host]
+    if not dataset:
+        raise JPQConfigError(f"--host {args.host} needs --dataset (e.g. the folder `urecjpq mmrec-data` makes)")
+    if args.host == "mmrec" and not args.mmrec_src:
+        raise JPQConfigError("--host mmrec needs --mmrec-src (the MMRec checkout's src/ folder)")
+    check_runner_exists(args.host)
+    models = [m.strip() for m in (args.models or DEFAULT_MODELS[args.host]).split(",") if m.strip()]
+    if not models:
+        raise JPQConfigError("--models is empty; give comma-separated model names")
+    extra = {**DEFAULT_SET[args.host], **_set_pairs(args.set)}
+    settings = {
+        "host": args.host, "dataset": dataset, "epochs": args.epochs, "stopping_step": args.stopping_step,
+        "seed": args.seed, "set": extra, "threads": args.threads,
+    }
+    budget = {"epochs": args.epochs, "stopping_step": args.stopping_step, "seed": args.seed, **extra}
+    grid = []
+    for M, ksub, code, targets in itertools.product(
+        _ints(args.M, "--M"), _ints(args.ksub, "--ksub"), parse_list(args.code_assign),
+        [tuple(t.split("+")) for t in parse_list(args.targets)],
+    ):
+        grid.append(JPQConfig(M=M, ksub=ksub, code_assign=code, targets=targets, seed=args.seed))  # checks values
+    options = {"mmrec_src": args.mmrec_src} if args.host == "mmrec" else {}
+    specs = []
+    for model in models:
+        specs.append(_spec(args.host, model, dataset, {**budget, "jpq": False}, options, None))
+        for cfg in grid:
+            jpq = {"M": cfg.M, "ksub": cfg.ksub, "code_assign": cfg.code_assign, "targets": list(cfg.targets)}
+            over = {**budget, "jpq": True, "jpq_M": cfg.M, "jpq_ksub": cfg.ksub,
+                    "jpq_code_assign": cfg.code_assign, "jpq_targets": list(cfg.targets)}
+            specs.append(_spec(args.host, model, dataset, over, options, jpq))
+    return settings, specs
+
+
+def _spec(host: str, model: str, dataset: str, overrides: dict, options: dict, jpq: dict | None) -> dict:
+    run_id = f"{model}-base" if jpq is None else (
+        f"{model}-jpq-M{jpq['M']}-k{jpq['ksub']}-{jpq['code_assign']}-{'+'.join(jpq['targets'])}")
+    return {"run_id": run_id, "host": host, "model": model, "dataset": dataset,
+            "overrides": overrides, "options": options, "jpq": jpq}
+
+
+def _title(settings: dict) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in settings["set"].items())
+    return (f"{settings['host']} {settings['dataset']}: at most {settings['epochs']} epochs, early stopping after "
+            f"{settings['stopping_step']} evaluations without gain, seed {settings['seed']}" + (f", {extra}" if extra else "")
+            + (f", {settings['threads']} thread(s) per run" if settings.get("threads") else ""))
+
+
+def _progress(total: int, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="bench", unit="run", disable=disable, file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    exit_on_sigterm()
+    settings, specs = plan(args)
+    out = Path(args.out)
+    runs = open_folder(out, settings)
+    done = {s["run_id"] for s in specs if (load_run(runs, s["run_id"]) or {}).get("status") == "ok"}
+    todo = [s for s in specs if s["run_id"] not in done]
+    print(f"urecjpq bench: {len(specs)} runs in {out}/ ({len(done)} already finished, {len(todo)} to run)",
+          file=sys.stderr)
+    env = None
+    if args.threads:  # torch reads these at start-up; spinning thread pools on a shared CPU cost 10-80x
+        env = {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    failed = []
+    with _progress(len(specs), args.no_progress) as bar:
+        bar.update(len(done))
+        for spec in todo:
+            bar.set_postfix_str(spec["run_id"])
+            run_dir = runs / spec["run_id"]
+            spec = {**spec, "out_dir": str(run_dir.resolve())}
+            result = run_in_subprocess(spec, run_dir, timeout=args.timeout, python=args.python, env=env)
+            record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
+            save_run(runs, record)
+            if record["status"] != "ok":
+                failed.append(spec["run_id"])
+                bar.write(f"run {spec['run_id']} failed: {record['error'].splitlines()[0]} (log: {run_dir}/)")
+            write_reports(all_runs(runs), out, title=_title(settings))
+            bar.update(1)
+    paths = write_reports(all_runs(runs), out, title=_title(settings))
+    print((out / "results.md").read_text())
+    print(f"outputs: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    if failed:
+        print(f"urecjpq bench: {len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
