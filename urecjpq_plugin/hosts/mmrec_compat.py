@@ -1,0 +1,196 @@
+"""In-process workarounds that let MMRec (commit e775373) run on CPU and today's stack, no MMRec file edited.
+
+Installed by :func:`install` (the MMRec host's ``activate()`` calls it); each one is scoped to
+what MMRec needs and says why:
+
+- ``np.float`` alias: ``utils/metrics.py`` uses it (removed in numpy 1.24).
+- ``Tensor.cuda()`` returns the tensor itself when no GPU exists: LATTICE, MGCN, SMORE, GRCN and
+  DAMRS call ``.cuda()`` unconditionally (on a GPU machine nothing is changed).
+- ``models.common``: LayerGCN imports ``models.common.*``, which does not exist (MMRec's
+  ``common`` package is top-level); the alias points at the same modules.
+- ``sparsesvd``: PGL imports it (a C extension); when it is missing, a module with the same
+  function built on ``scipy.sparse.linalg.svds`` (top-``k`` singular triplets, descending, as
+  sparsesvd returns them: ``ut [k, m]``, ``s [k]``, ``vt [k, n]``).
+- DualGNN/DRAGON keep ``result_embed`` (a cache of the last forward) as an ``nn.Parameter`` and
+  later assign a plain tensor to it, which ``nn.Module`` refuses on CPU (on GPU ``.to(device)``
+  had already turned it into a plain tensor): :func:`after_init` makes it the plain tensor it is on GPU.
+- DualGNN/DRAGON read ``user_graph_dict.npy``: :func:`ensure_user_graph` writes it, when missing,
+  with the computation of MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` (user-user
+  co-interaction counts on the training split, each user's top 200 neighbours).
+
+What cannot be worked around stops with one line (:class:`MMRecUnsupported`): models that need
+``torch_scatter`` (not built here), DAMRS's ``item_graph_dict_2.npy`` (no MMRec script makes it)
+and the image+text requirement of DAMRS, LGMRec, PGL and MVGAE, GRCN with text features only (a typo in MMRec leaves its content
+representation unset).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from logging import getLogger
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import URecJPQError
+
+_INSTALLED = False
+#: model -> module it needs that this stack may lack (checked before MMRec imports the model)
+NEEDS_MODULE = {"SLMRec": "torch_scatter", "MGCN": "torch_scatter", "SMORE": "torch_scatter"}
+#: models whose ``result_embed`` Parameter is a forward cache that MMRec later overwrites
+RESULT_CACHE_PARAMETER = ("DualGNN", "DRAGON")
+USER_GRAPH_MODELS = ("DualGNN", "DRAGON")
+#: models whose code reads both modalities unconditionally
+NEEDS_IMAGE_AND_TEXT = ("DAMRS", "LGMRec", "PGL", "MVGAE")
+USER_GRAPH_TOP = 200
+
+
+class MMRecUnsupported(URecJPQError):
+    """MMRec's model cannot run on this stack or dataset; the message says why in one line."""
+
+
+# -- process-wide shims -------------------------------------------------------------------------
+def _cuda_is_identity_without_gpu() -> None:
+    if torch.cuda.is_available() or getattr(torch.Tensor.cuda, "_urecjpq", False):
+        return
+
+    def cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self
+
+    cuda._urecjpq = True  # type: ignore[attr-defined]
+    torch.Tensor.cuda = cuda  # type: ignore[method-assign]
+
+
+def sparsesvd(matrix: Any, k: int):
+    """``sparsesvd.sparsesvd`` on scipy: the top ``k`` singular triplets, largest first."""
+    from scipy.sparse.linalg import svds
+
+    k = max(1, min(int(k), min(matrix.shape) - 1))
+    u, s, vt = svds(matrix.astype(np.float64), k=k)
+    order = np.argsort(-s)
+    return u[:, order].T, s[order], vt[order]
+
+
+def _sparsesvd_module() -> None:
+    if "sparsesvd" in sys.modules or importlib.util.find_spec("sparsesvd") is not None:
+        return
+    module = types.ModuleType("sparsesvd", "urecjpq_plugin stand-in for sparsesvd (scipy svds)")
+    module.sparsesvd = sparsesvd  # type: ignore[attr-defined]
+    sys.modules["sparsesvd"] = module
+
+
+def _models_common_alias() -> None:
+    """``models.common.X`` -> MMRec's top-level ``common.X`` (same module objects, same classes)."""
+    if "models.common" in sys.modules or importlib.util.find_spec("common") is None:
+        return
+    import common  # MMRec's src/common
+    import common.abstract_recommender
+    import common.loss
+    import models  # noqa: F401  (the parent package must be imported first)
+
+    sys.modules["models.common"] = common
+    sys.modules["models.common.abstract_recommender"] = common.abstract_recommender
+    sys.modules["models.common.loss"] = common.loss
+
+
+def install() -> None:
+    """Install the process-wide shims (idempotent). MMRec's ``src`` must be importable."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    if not hasattr(np, "float"):
+        np.float = float  # type: ignore[attr-defined]
+    _cuda_is_identity_without_gpu()
+    _sparsesvd_module()
+    _models_common_alias()
+    _INSTALLED = True
+
+
+# -- per-model checks and fixes ---------------------------------------------------------------
+def check_importable(model_name: str) -> None:
+    needed = NEEDS_MODULE.get(model_name)
+    if needed and importlib.util.find_spec(needed) is None:
+        raise MMRecUnsupported(
+            f"{model_name} imports {needed}, which is not installed (it needs a compiled build matching this torch); "
+            f"install {needed} for torch {torch.__version__.split('+')[0]} to run it"
+        )
+
+
+def _dataset_dir(config: Any) -> str:
+    return os.path.abspath(str(config["data_path"]) + str(config["dataset"]))
+
+
+def before_init(model_name: str, config: Any, dataloader: Any) -> None:
+    """Checks and data files a model needs, before MMRec's ``__init__`` runs."""
+    folder = _dataset_dir(config)
+    has = {
+        "image": os.path.isfile(os.path.join(folder, str(config["vision_feature_file"]))),
+        "text": os.path.isfile(os.path.join(folder, str(config["text_feature_file"]))),
+    }
+    missing = [m for m in ("image", "text") if not has[m]]
+    if model_name in NEEDS_IMAGE_AND_TEXT and missing:
+        raise MMRecUnsupported(
+            f"{model_name} needs image and text features (its code uses both unconditionally); "
+            f"dataset {config['dataset']} lacks {' and '.join(missing)}"
+        )
+    if model_name == "DAMRS":
+        graph = os.path.join(folder, str(config["item_graph_dict_file"]))
+        if not os.path.isfile(graph):
+            raise MMRecUnsupported(
+                f"DAMRS needs {graph} (an item-item session graph that no MMRec preprocessing script makes)"
+            )
+    if model_name == "GRCN" and not has["image"]:
+        raise MMRecUnsupported(
+            "GRCN needs image features: with text only, MMRec's GRCN.forward leaves content_rep unset "
+            "(typo `conetent_rep`) and fails"
+        )
+    if model_name in USER_GRAPH_MODELS:
+        ensure_user_graph(config, dataloader)
+
+
+def after_init(model: torch.nn.Module) -> None:
+    """Fixes applied right after MMRec's ``__init__`` (see the module docstring)."""
+    name = type(model).__name__
+    if name in RESULT_CACHE_PARAMETER and "result_embed" in model._parameters:
+        cache = model._parameters.pop("result_embed").detach()
+        model.result_embed = cache  # a plain attribute, as on GPU
+
+
+def user_graph_dict(interactions: Any, top: int = USER_GRAPH_TOP) -> dict:
+    """``{user: [neighbour ids, co-interaction counts]}``, most shared items first, at most ``top``.
+
+    The quantity of MMRec's ``dualgnn-gen-u-u-matrix.py``: users ``u != v`` are neighbours with
+    weight = number of distinct training items both interacted with. Ties are broken by user id.
+    """
+    import scipy.sparse as sp
+
+    R = sp.csr_matrix(interactions, dtype=np.float32)
+    R.sum_duplicates()
+    R.data[:] = 1.0
+    C = (R @ R.T).tocsr()
+    C.setdiag(0)
+    C.eliminate_zeros()
+    graph = {}
+    for u in range(C.shape[0]):
+        start, end = C.indptr[u], C.indptr[u + 1]
+        cols, vals = C.indices[start:end], C.data[start:end]
+        order = np.lexsort((cols, -vals))[:top]
+        graph[u] = [cols[order].astype(np.int64).tolist(), vals[order].astype(np.float64).tolist()]
+    return graph
+
+
+def ensure_user_graph(config: Any, dataloader: Any) -> str:
+    """Write ``user_graph_dict.npy`` from the training split when the dataset folder lacks it."""
+    path = os.path.join(_dataset_dir(config), str(config["user_graph_dict_file"] or "user_graph_dict.npy"))
+    if os.path.exists(path):
+        return path
+    graph = user_graph_dict(dataloader.inter_matrix(form="csr"))
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, graph, allow_pickle=True)
+    os.replace(tmp, path)
+    getLogger().info(f"urecjpq: wrote {path} (user-user co-interaction graph of the training split, top {USER_GRAPH_TOP})")
+    return path
