@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from ..codes import random_codes, svd_codes
-from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
-from ..features import FeatureSwap, feature_id_codes, normalised_concat, pq_feature_table
+from ..config import JPQConfig, URecJPQError, jpq_enabled
+from ..features import FeatureSwap, check_feature_dim, feature_id_codes, normalised_concat, pq_feature_table
 from ..inject import (
     JPQTargetError,
     SwapRecord,
@@ -228,8 +228,6 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any, placeholder: 
                 f"urecjpq: jpq_targets includes {target}, but {name} has no {FEATURE_TABLES[target]} table "
                 "(it uses the raw features without a fine-tuned table); nothing to compress there"
             )
-    from ..features import check_feature_dim
-
     for ref in refs:
         jcfg.check_dim(ref.shape[1], table=ref.path)
     for target, module in wanted_features.items():
@@ -585,7 +583,7 @@ def evaluate_checkpoint(path: str, config_overrides: Mapping[str, Any] | None = 
     trainer = get_trainer()(config, model)
     result = {
         "valid_result": {k: float(v) for k, v in trainer.evaluate(valid_data).items()},
-        "test_result": {k: float(v) for k, v in trainer.evaluate(test_data, is_test=True).items()},
+        "test_result": {k: float(v) for k, v in trainer.evaluate(test_data).items()},
     }
     getLogger().info(f"urecjpq: evaluated {path}: test {result['test_result']}")
     return result
