@@ -29,9 +29,13 @@ def build(model_name, config_dict):
 def test_model_trains_with_compressed_tables(model_name, recbole_env):
     from recbole.utils import get_trainer
 
+    from recbole.quick_start import quick_start
+
     settings = {**recbole_env, "epochs": 1, "jpq_ksub": 64, **MODEL_SETTINGS.get(model_name, {})}
-    _, plain, *_ = build(model_name, settings)
     config, model, train, valid, test = build(model_name, {**settings, "jpq": True})
+    config["jpq"] = False  # the same model uncompressed, on the same data, for the expected counts
+    plain = quick_start.get_model(model_name)(config, train._dataset)
+    config["jpq"] = True
     counts = {"user": train._dataset.user_num, "item": train._dataset.item_num}
     plain_tables = match_id_tables(list_candidate_tables(plain), counts, ["user", "item"])
     assert plain_tables, "the uncompressed model should have ID tables"
