@@ -196,6 +196,21 @@ class SwapRecord:
     bytes_before: int
     bytes_after: int
 
+    @classmethod
+    def of(cls, ref: TableRef, entity: str, table: torch.Tensor, new: JPQEmbedding) -> SwapRecord:
+        """Sizes of ``table`` before and of ``new`` after; frozen tables count no trainable parameters."""
+        trainable = table.requires_grad
+        return cls(
+            ref.path,
+            entity,
+            ref.shape[0],
+            ref.shape[1],
+            table.numel() if trainable else 0,
+            new.sub_embeddings.numel() if trainable else 0,
+            table.numel() * table.element_size(),
+            new.compact_bytes(),
+        )
+
 
 def inject_jpq(
     model: nn.Module,
@@ -222,21 +237,15 @@ def inject_jpq(
         parent, leaf = _resolve(model, ref.path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
         new = JPQEmbedding.from_table(table, codes[ref.entity].to(table.device), config.ksub, padding_idx)
-        trainable = table.requires_grad
-        records.append(
-            SwapRecord(
-                ref.path,
-                ref.entity,
-                ref.shape[0],
-                ref.shape[1],
-                table.numel() if trainable else 0,
-                new.sub_embeddings.numel() if trainable else 0,
-                table.numel() * table.element_size(),
-                new.compact_bytes(),
-            )
-        )
+        records.append(SwapRecord.of(ref, ref.entity, table, new))
         swap_table(model, ref, new)
     return records
+
+
+def subclass_with(cls: type, **members: object) -> type:
+    """A same-named subclass of a host model class (hooks stay invisible to names, logs, registries)."""
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls,), {**namespace, "_urecjpq_wrapped": True, **members})
 
 
 def count_trainable(model: nn.Module) -> int:

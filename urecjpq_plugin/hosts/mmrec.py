@@ -44,6 +44,7 @@ from ..inject import (
     jpq_modules,
     list_candidate_tables,
     match_id_tables,
+    subclass_with,
     swap_table,
 )
 from ..jpq import JPQEmbedding
@@ -274,17 +275,7 @@ def _swap_joint(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfig
     table = parent._parameters[leaf] if ref.kind == "parameter" else getattr(parent, leaf).weight
     codes = _joint_codes({"user": codes_for("user"), "item": codes_for("item")}, jcfg.ksub)
     new = JPQEmbedding.from_table(table, codes.to(table.device), 2 * jcfg.ksub)
-    trainable = table.requires_grad
-    record = SwapRecord(
-        ref.path,
-        "user+item",
-        ref.shape[0],
-        ref.shape[1],
-        table.numel() if trainable else 0,
-        new.sub_embeddings.numel() if trainable else 0,
-        table.numel() * table.element_size(),
-        new.compact_bytes(),
-    )
+    record = SwapRecord.of(ref, "user+item", table, new)
     swap_table(model, ref, new)
     return record
 
@@ -324,18 +315,7 @@ def _wrap_model_class(cls: type) -> type:
         check_state_matches(self, state_dict)
         return cls.load_state_dict(self, state_dict, *args, **kwargs)
 
-    wrapped = type(
-        cls.__name__,
-        (cls,),
-        {
-            "__init__": __init__,
-            "load_state_dict": load_state_dict,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__,
-            "_urecjpq_wrapped": True,
-        },
-    )
+    wrapped = subclass_with(cls, __init__=__init__, load_state_dict=load_state_dict)
     _WRAPPED[cls] = wrapped
     return wrapped
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..codes import random_codes, svd_codes
 from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
-from ..inject import count_trainable, find_id_tables, format_records, inject_jpq, jpq_modules
+from ..inject import count_trainable, find_id_tables, format_records, inject_jpq, jpq_modules, subclass_with
 
 _WRAPPED: dict[type, type] = {}
 _ACTIVE = False
@@ -82,18 +82,8 @@ def _wrap_model_class(cls: type) -> type:
             state = {k: (None if k.startswith("restore_") else v) for k, v in state.items()}
         return state
 
-    wrapped = type(
-        cls.__name__,
-        (cls,),
-        {
-            "__init__": __init__,
-            "load_state_dict": load_state_dict,
-            "other_parameter": other_parameter,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__,
-            "_urecjpq_wrapped": True,
-        },
+    wrapped = subclass_with(
+        cls, __init__=__init__, load_state_dict=load_state_dict, other_parameter=other_parameter
     )
     _WRAPPED[cls] = wrapped
     return wrapped
