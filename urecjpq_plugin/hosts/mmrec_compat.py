@@ -17,10 +17,15 @@ what MMRec needs and says why:
 - DualGNN/DRAGON read ``user_graph_dict.npy``: :func:`ensure_user_graph` writes it, when missing,
   with the computation of MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` (user-user
   co-interaction counts on the training split, each user's top 200 neighbours).
+- DAMRS reads ``item_graph_dict_2.npy``, which no MMRec script makes: :func:`ensure_item_graph`
+  writes it, when missing, as DA-MRS's own ``build_iib_graph.py`` does (item-item counts of shared
+  training users, pairs sharing at least 2, each item's top ``k`` with ``k`` from the file name).
+- ``torch_scatter`` (SLMRec imports ``scatter``; MGCN and SMORE reach ``scatter_add`` through
+  ``utils.get_sparse_laplacian``): a compiled package; when it does not import,
+  :mod:`.scatter_compat` installs a pure-torch stand-in.
 
-What cannot be worked around stops with one line (:class:`MMRecUnsupported`): models that need
-``torch_scatter`` (not built here), DAMRS's ``item_graph_dict_2.npy`` (no MMRec script makes it)
-and the image+text requirement of DAMRS, LGMRec, PGL and MVGAE, GRCN with text features only (a typo in MMRec leaves its content
+What cannot be worked around stops with one line (:class:`MMRecUnsupported`): the image+text
+requirement of DAMRS, LGMRec, PGL and MVGAE, GRCN with text features only (a typo in MMRec leaves its content
 representation unset).
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import types
 from logging import getLogger
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 
 from ..config import URecJPQError
+from . import scatter_compat
 
 _INSTALLED = False
 #: model -> module it needs that this stack may lack (checked before MMRec imports the model)
@@ -47,6 +54,9 @@ USER_GRAPH_MODELS = ("DualGNN", "DRAGON")
 #: models whose code reads both modalities unconditionally
 NEEDS_IMAGE_AND_TEXT = ("DAMRS", "LGMRec", "PGL", "MVGAE")
 USER_GRAPH_TOP = 200
+#: DA-MRS's build_iib_graph.py: items are neighbours when at least 2 training users share them
+ITEM_GRAPH_MIN_SHARED = 2
+ITEM_GRAPH_DEFAULT_TOP = 2  # DAMRS.yaml reads item_graph_dict_2.npy
 
 
 class MMRecUnsupported(URecJPQError):
@@ -107,6 +117,7 @@ def install() -> None:
     _cuda_is_identity_without_gpu()
     _sparsesvd_module()
     _models_common_alias()
+    scatter_compat.install()
     _INSTALLED = True
 
 
@@ -138,11 +149,7 @@ def before_init(model_name: str, config: Any, dataloader: Any) -> None:
             f"dataset {config['dataset']} lacks {' and '.join(missing)}"
         )
     if model_name == "DAMRS":
-        graph = os.path.join(folder, str(config["item_graph_dict_file"]))
-        if not os.path.isfile(graph):
-            raise MMRecUnsupported(
-                f"DAMRS needs {graph} (an item-item session graph that no MMRec preprocessing script makes)"
-            )
+        ensure_item_graph(config, dataloader)
     if model_name == "GRCN" and not has["image"]:
         raise MMRecUnsupported(
             "GRCN needs image features: with text only, MMRec's GRCN.forward leaves content_rep unset "
@@ -160,27 +167,52 @@ def after_init(model: torch.nn.Module) -> None:
         model.result_embed = cache  # a plain attribute, as on GPU
 
 
-def user_graph_dict(interactions: Any, top: int = USER_GRAPH_TOP) -> dict:
-    """``{user: [neighbour ids, co-interaction counts]}``, most shared items first, at most ``top``.
+def co_occurrence_graph(rows: Any, top: int, min_shared: int = 1) -> dict:
+    """``{row: [neighbour rows, shared counts]}`` for every row of a 0/1 matrix, most shared first.
 
-    The quantity of MMRec's ``dualgnn-gen-u-u-matrix.py``: users ``u != v`` are neighbours with
-    weight = number of distinct training items both interacted with. Ties are broken by user id.
+    Rows ``a != b`` are neighbours with weight = number of distinct columns both have, kept when
+    at least ``min_shared``; at most ``top`` per row, ties broken by row id.
     """
     import scipy.sparse as sp
 
-    R = sp.csr_matrix(interactions, dtype=np.float32)
+    R = sp.csr_matrix(rows, dtype=np.float32)
     R.sum_duplicates()
     R.data[:] = 1.0
     C = (R @ R.T).tocsr()
     C.setdiag(0)
+    C.data[C.data < min_shared] = 0
     C.eliminate_zeros()
     graph = {}
-    for u in range(C.shape[0]):
-        start, end = C.indptr[u], C.indptr[u + 1]
+    for a in range(C.shape[0]):
+        start, end = C.indptr[a], C.indptr[a + 1]
         cols, vals = C.indices[start:end], C.data[start:end]
         order = np.lexsort((cols, -vals))[:top]
-        graph[u] = [cols[order].astype(np.int64).tolist(), vals[order].astype(np.float64).tolist()]
+        graph[a] = [cols[order].astype(np.int64).tolist(), vals[order].astype(np.float64).tolist()]
     return graph
+
+
+def user_graph_dict(interactions: Any, top: int = USER_GRAPH_TOP) -> dict:
+    """``{user: [neighbour ids, co-interaction counts]}`` (MMRec's ``dualgnn-gen-u-u-matrix.py``)."""
+    return co_occurrence_graph(interactions, top)
+
+
+def item_graph_dict(interactions: Any, top: int = ITEM_GRAPH_DEFAULT_TOP, min_shared: int = ITEM_GRAPH_MIN_SHARED) -> dict:
+    """``{item: [neighbour ids, shared-user counts]}`` (DA-MRS's ``build_iib_graph.py``); every item is a key."""
+    import scipy.sparse as sp
+
+    return co_occurrence_graph(sp.csr_matrix(interactions).T, top, min_shared)
+
+
+def item_graph_top(file_name: str) -> int:
+    """``item_graph_dict_<k>.npy`` -> ``k`` (DA-MRS names the file by its top-k); otherwise the default."""
+    match = re.fullmatch(r"item_graph_dict_(\d+)\.npy", os.path.basename(file_name))
+    return int(match.group(1)) if match else ITEM_GRAPH_DEFAULT_TOP
+
+
+def _save_dict_once(path: str, graph: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, graph, allow_pickle=True)
+    os.replace(tmp, path)  # atomic: a concurrent run never reads half a file
 
 
 def ensure_user_graph(config: Any, dataloader: Any) -> str:
@@ -188,9 +220,21 @@ def ensure_user_graph(config: Any, dataloader: Any) -> str:
     path = os.path.join(_dataset_dir(config), str(config["user_graph_dict_file"] or "user_graph_dict.npy"))
     if os.path.exists(path):
         return path
-    graph = user_graph_dict(dataloader.inter_matrix(form="csr"))
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, graph, allow_pickle=True)
-    os.replace(tmp, path)
+    _save_dict_once(path, user_graph_dict(dataloader.inter_matrix(form="csr")))
     getLogger().info(f"urecjpq: wrote {path} (user-user co-interaction graph of the training split, top {USER_GRAPH_TOP})")
+    return path
+
+
+def ensure_item_graph(config: Any, dataloader: Any) -> str:
+    """Write DAMRS's ``item_graph_dict_file`` (default ``item_graph_dict_2.npy``) from the training split when missing."""
+    name = str(config["item_graph_dict_file"] or f"item_graph_dict_{ITEM_GRAPH_DEFAULT_TOP}.npy")
+    path = os.path.join(_dataset_dir(config), name)
+    if os.path.exists(path):
+        return path
+    top = item_graph_top(name)
+    _save_dict_once(path, item_graph_dict(dataloader.inter_matrix(form="csr"), top))
+    getLogger().info(
+        f"urecjpq: wrote {path} (item-item graph of the training split: items sharing >= {ITEM_GRAPH_MIN_SHARED} "
+        f"users, top {top})"
+    )
     return path
