@@ -1,15 +1,23 @@
 """URecJPQ: joint product quantisation of user and item embedding tables, as a host plugin.
 
-Core (no host framework imported): :class:`JPQEmbedding`, :class:`JPQConfig`, code assignment
-(:mod:`urecjpq_plugin.codes`), injection (:mod:`urecjpq_plugin.inject`), PQ top-k
-(:mod:`urecjpq_plugin.topk`). Hosts live in :mod:`urecjpq_plugin.hosts` and are imported lazily.
+Core (no host framework imported): :func:`apply_jpq` / :func:`unload_jpq` / :func:`jpq_state_dict` /
+:func:`load_jpq` for any PyTorch model (:mod:`urecjpq_plugin.apply`), :class:`JPQEmbedding`,
+:class:`JPQConfig`, code assignment (:mod:`urecjpq_plugin.codes`), one product quantiser
+(:mod:`urecjpq_plugin.pq`), injection (:mod:`urecjpq_plugin.inject`), PQ top-k (:mod:`urecjpq_plugin.topk`).
+Hosts live in :mod:`urecjpq_plugin.hosts` and are imported lazily.
 """
 
+from .apply import JPQCheckpointError, JPQReport, apply_jpq, jpq_state_dict, load_jpq, unload_jpq
 from .config import JPQConfig, JPQConfigError, URecJPQError
 from .inject import JPQTargetError, register_id_tables
 from .jpq import JPQEmbedding
+from .pq import ProductQuantizer
 
-__all__ = ["JPQConfig", "JPQConfigError", "JPQEmbedding", "JPQTargetError", "activate", "register_id_tables", "URecJPQError"]
+__all__ = [
+    "JPQCheckpointError", "JPQConfig", "JPQConfigError", "JPQEmbedding", "JPQReport", "JPQTargetError",
+    "ProductQuantizer", "URecJPQError", "activate", "apply_jpq", "jpq_state_dict", "load_jpq",
+    "register_id_tables", "unload_jpq",
+]
 __version__ = "0.1.0"
 
 

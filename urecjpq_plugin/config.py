@@ -19,7 +19,7 @@ CODE_ASSIGNMENTS = ("svd", "random", "features", "features_svd")
 ID_TARGETS = ("user", "item")
 FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS
-MAX_KSUB = 2**32
+MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop here too
 
 
 class URecJPQError(ValueError):
@@ -69,7 +69,7 @@ class JPQConfig:
             raise JPQConfigError(f"jpq_M={self.M!r} is invalid; it must be a positive integer")
         if isinstance(self.ksub, bool) or not isinstance(self.ksub, int) or not 2 <= self.ksub <= MAX_KSUB:
             raise JPQConfigError(
-                f"jpq_ksub={self.ksub!r} is invalid; it must be an integer in [2, {MAX_KSUB}] "
+                f"jpq_ksub={self.ksub!r} is invalid; it must be an integer in [2, MAX_KSUB={MAX_KSUB}] "
                 "(256 fits uint8 codes, 65536 uint16)"
             )
         if self.code_assign not in CODE_ASSIGNMENTS:

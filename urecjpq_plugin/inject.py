@@ -150,23 +150,43 @@ def _table_of(parent: nn.Module, leaf: str, kind: str) -> tuple[torch.Tensor, in
     return parent._parameters[leaf], None
 
 
-def _refuse_reassignment(self: nn.Module, name: str, value: object) -> None:
-    if name in type(self)._urecjpq_tables:
-        raise AttributeError(f"{name} is a JPQ-compressed table (see {name}_jpq) and cannot be reassigned")
-    super(type(self), self).__setattr__(name, value)
+def _swapped_class(base: type, leaves: Iterable[str] = ()) -> type:
+    """A private subclass of ``base`` (one per instance) whose ``leaves`` read the decoded JPQ tables.
+
+    Like ``torch.nn.utils.parametrize``: the base is captured in closures (never
+    ``super(type(self), self)``, which recurses once the class is subclassed again), and
+    ``__reduce_ex__`` rebuilds the subclass from the importable ``base``, so pickle and deepcopy work.
+    """
+
+    def __setattr__(self: nn.Module, name: str, value: object) -> None:
+        if name in cls._urecjpq_tables:
+            raise AttributeError(f"{name} is a JPQ-compressed table (see {name}_jpq) and cannot be reassigned")
+        base.__setattr__(self, name, value)
+
+    def __reduce_ex__(self: nn.Module, protocol: int) -> object:
+        if type(self) is not cls:  # subclassed again by someone else: their class, their pickling
+            return base.__reduce_ex__(self, protocol)
+        return _new_swapped, (base, tuple(sorted(cls._urecjpq_tables))), self.__getstate__()
+
+    namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, "__doc__": base.__doc__}
+    cls = type(
+        base.__name__,
+        (base,),
+        {**namespace, "_urecjpq_tables": set(), "_urecjpq_base": base, "__setattr__": __setattr__,
+         "__reduce_ex__": __reduce_ex__},
+    )
+    for leaf in leaves:
+        _add_property(cls, leaf)
+    return cls
 
 
-def _install_property(parent: nn.Module, leaf: str) -> None:
-    """Make ``parent.<leaf>`` return ``parent.<leaf>_jpq.weight`` (decoded, differentiable)."""
-    cls = type(parent)
-    if "_urecjpq_tables" not in cls.__dict__:  # one private subclass per instance
-        cls = type(
-            cls.__name__,
-            (cls,),
-            {"_urecjpq_tables": set(), "__module__": cls.__module__, "__setattr__": _refuse_reassignment},
-        )
-        parent.__class__ = cls
+def _new_swapped(base: type, leaves: tuple[str, ...]) -> nn.Module:
+    """Unpickling: an empty instance of a fresh private subclass; pickle then restores its state."""
+    cls = _swapped_class(base, leaves)
+    return cls.__new__(cls)
 
+
+def _add_property(cls: type, leaf: str) -> None:
     def decoded(self: nn.Module, _leaf: str = leaf) -> torch.Tensor:
         return getattr(self, f"{_leaf}_jpq").weight
 
@@ -174,15 +194,84 @@ def _install_property(parent: nn.Module, leaf: str) -> None:
     setattr(cls, leaf, property(decoded))
 
 
+def _install_property(parent: nn.Module, leaf: str) -> None:
+    """Make ``parent.<leaf>`` return ``parent.<leaf>_jpq.weight`` (decoded, differentiable)."""
+    if "_urecjpq_tables" not in type(parent).__dict__:
+        parent.__class__ = _swapped_class(type(parent))
+    _add_property(type(parent), leaf)
+
+
+def _remove_property(parent: nn.Module, leaf: str) -> None:
+    """Undo :func:`_install_property`; the instance gets its original class back with its last table."""
+    owner = next(c for c in type(parent).__mro__ if leaf in c.__dict__.get("_urecjpq_tables", ()))
+    owner._urecjpq_tables.discard(leaf)
+    delattr(owner, leaf)
+    if not owner._urecjpq_tables and type(parent) is owner:
+        parent.__class__ = owner._urecjpq_base
+
+
+@dataclass(frozen=True)
+class SwappedTable:
+    """What :func:`swap_table` replaced, kept on the root model so the swap can be undone and saved."""
+
+    ref: TableRef
+    options: tuple[tuple[str, object], ...] = ()  # nn.Embedding options besides the weight (sparse, max_norm ...)
+    order: tuple[str, ...] = ()  # a raw Parameter's owner's parameter names in their original order
+
+
+_SWAPS = "_urecjpq_swaps"  # root model attribute: {path: SwappedTable}
+_EMBEDDING_OPTIONS = ("max_norm", "norm_type", "scale_grad_by_freq", "sparse")
+
+
+def swapped_tables(model: nn.Module) -> dict[str, SwappedTable]:
+    """The tables swapped in ``model`` by :func:`swap_table`, by path (empty for a plain model)."""
+    return dict(model.__dict__.get(_SWAPS, {}))
+
+
+def jpq_module_at(model: nn.Module, ref: TableRef) -> JPQEmbedding:
+    parent, leaf = _resolve(model, ref.path)
+    return getattr(parent, leaf if ref.kind == "embedding" else f"{leaf}_jpq")
+
+
 def swap_table(model: nn.Module, ref: TableRef, new: nn.Module) -> None:
-    """Put ``new`` (usually a :class:`JPQEmbedding`) where the table ``ref`` was."""
+    """Put ``new`` (usually a :class:`JPQEmbedding`) where the table ``ref`` was; remembered on ``model``."""
     parent, leaf = _resolve(model, ref.path)
     if ref.kind == "embedding":
+        old = getattr(parent, leaf)
+        record = SwappedTable(ref, options=tuple((k, getattr(old, k)) for k in _EMBEDDING_OPTIONS))
         setattr(parent, leaf, new)
-        return
-    del parent._parameters[leaf]
-    parent.add_module(f"{leaf}_jpq", new)
-    _install_property(parent, leaf)
+    else:
+        record = SwappedTable(ref, order=tuple(parent._parameters))
+        del parent._parameters[leaf]
+        parent.add_module(f"{leaf}_jpq", new)
+        _install_property(parent, leaf)
+    model.__dict__.setdefault(_SWAPS, {})[ref.path] = record
+
+
+def unswap_table(model: nn.Module, path: str) -> None:
+    """Put a plain table holding the decoded values back where :func:`swap_table` put a JPQ one."""
+    record = model.__dict__[_SWAPS].pop(path)
+    ref = record.ref
+    parent, leaf = _resolve(model, path)
+    module = jpq_module_at(model, ref)
+    with torch.no_grad():
+        weight = module.weight.detach().clone()
+    trainable = module.sub_embeddings.requires_grad
+    if ref.kind == "embedding":
+        table = nn.Embedding.from_pretrained(
+            weight, freeze=not trainable, padding_idx=module.padding_idx, **dict(record.options)
+        )
+        setattr(parent, leaf, table)
+    else:
+        del parent._modules[f"{leaf}_jpq"]
+        _remove_property(parent, leaf)
+        parent.register_parameter(leaf, nn.Parameter(weight, requires_grad=trainable))
+        rank = {name: i for i, name in enumerate(record.order)}
+        ordered = sorted(parent._parameters.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+        parent._parameters.clear()
+        parent._parameters.update(ordered)
+    if not model.__dict__[_SWAPS]:
+        del model.__dict__[_SWAPS]
 
 
 @dataclass(frozen=True)
