@@ -50,8 +50,8 @@ def test_outputs_present_and_consistent(bench):
     out = bench["out"]
     assert bench["rc"] == 0
     records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert set(records) == {"BPR-base", "BPR-jpq-M8-k256-svd-user+item", "LightGCN-base",
-                            "LightGCN-jpq-M8-k256-svd-user+item"}
+    assert set(records) == {"BPR-base-s2020", "BPR-jpq-M8-k256-svd-user+item-s2020", "LightGCN-base-s2020",
+                            "LightGCN-jpq-M8-k256-svd-user+item-s2020"}
     for rid, rec in records.items():
         assert rec["status"] == "ok", rec.get("error")
         assert rec["epochs"] == 1 and rec["seconds_per_epoch"] > 0
@@ -62,17 +62,17 @@ def test_outputs_present_and_consistent(bench):
     rows = {r["run_id"]: r for r in _rows(out)}
     assert set(rows) == set(records)
     for model in MODELS.split(","):
-        base, jpq = records[f"{model}-base"], records[f"{model}-jpq-M8-k256-svd-user+item"]
+        base, jpq = records[f"{model}-base-s2020"], records[f"{model}-jpq-M8-k256-svd-user+item-s2020"]
         # Tiny tables (60 and 50 rows x 64) are smaller than the 8 x 256 x 8 codebooks: the
         # table shows what jpq does at this size, whichever way it goes, computed from the runs.
         assert jpq["params"]["id_tables"] == 2 * 8 * 256 * 8
         assert base["params"]["id_tables"] == (61 + 51) * 64  # RecBole adds a padding row
-        row = rows[f"{model}-jpq-M8-k256-svd-user+item"]
+        row = rows[f"{model}-jpq-M8-k256-svd-user+item-s2020"]
         expect = (jpq["metrics"]["recall@20"] - base["metrics"]["recall@20"]) / base["metrics"]["recall@20"]
         assert float(row["rel_recall@20"]) == pytest.approx(expect)
         assert float(row["rel_params_id_tables"]) == pytest.approx(
             (jpq["params"]["id_tables"] - base["params"]["id_tables"]) / base["params"]["id_tables"])
-        assert rows[f"{model}-base"]["rel_recall@20"] == ""
+        assert rows[f"{model}-base-s2020"]["rel_recall@20"] == ""
     md = (out / "results.md").read_text()
     assert md.count("| BPR |") == 2 and md.count("| LightGCN |") == 2 and "Mean relative change" in md
     for png in ("accuracy_vs_params.png", "accuracy_vs_M.png"):
@@ -82,7 +82,7 @@ def test_outputs_present_and_consistent(bench):
 def test_resume_reruns_only_what_is_missing(bench):
     out, data = bench["out"], bench["data"]
     runs = out / "runs"
-    interrupted = runs / "LightGCN-jpq-M8-k256-svd-user+item.json"
+    interrupted = runs / "LightGCN-jpq-M8-k256-svd-user+item-s2020.json"
     interrupted.unlink()  # as if the bench was stopped during this run
     kept = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     assert run.main(_args(data, out, "--models", MODELS)) == 0
@@ -91,10 +91,12 @@ def test_resume_reruns_only_what_is_missing(bench):
     assert len(_rows(out)) == 4
 
 
-def test_a_crashing_run_is_recorded_and_the_bench_goes_on(bench, tmp_path):
+def test_a_crashing_run_is_recorded_and_the_bench_goes_on(bench, tmp_path, capsys):
     # An interpreter that dies at once stands in for a run that crashes (or is killed for memory).
     rc = run.main(_args(bench["data"], tmp_path / "out", "--models", "BPR", "--python", "/bin/false"))
     assert rc == 1
+    err = capsys.readouterr().err
+    assert "2 run(s) failed" in err and "BPR-base-s2020: exit status 1" in err
     runs = tmp_path / "out" / "runs"
     records = [json.loads(p.read_text()) for p in runs.glob("*.json")]
     assert len(records) == 2 and all(r["status"] == "failed" and "exit status 1" in r["error"] for r in records)
@@ -102,7 +104,7 @@ def test_a_crashing_run_is_recorded_and_the_bench_goes_on(bench, tmp_path):
 
 
 def test_other_settings_refuse_the_folder(bench):
-    with pytest.raises(BenchFolderError, match="epochs: 2 now, 1 there"):
+    with pytest.raises(BenchFolderError, match="'epochs': 2.*now.*'epochs': 1.*there"):
         run.main(_args(bench["data"], bench["out"], "--models", MODELS, "--epochs", "2"))
 
 
@@ -117,15 +119,35 @@ def test_plan_sweeps_every_combination():
     args = run.parse_args(["--models", "BPR,NGCF", "--M", "4,8", "--ksub", "16,256", "--targets", "user+item,item"])
     settings, specs = run.plan(args)
     assert len(specs) == 2 * (1 + 2 * 2 * 2)
-    assert {s["run_id"] for s in specs} >= {"NGCF-base", "BPR-jpq-M4-k16-svd-item", "NGCF-jpq-M8-k256-svd-user+item"}
-    assert all(s["overrides"]["epochs"] == settings["epochs"] for s in specs)
+    assert {s["run_id"] for s in specs} >= {"NGCF-base-s2020", "BPR-jpq-M4-k16-svd-item-s2020",
+                                            "NGCF-jpq-M8-k256-svd-user+item-s2020"}
+    assert all(s["overrides"]["epochs"] == settings["set"]["epochs"] == 30 for s in specs)
+
+
+def test_plan_runs_every_cell_once_per_seed():
+    _, specs = run.plan(run.parse_args(["--models", "BPR", "--seeds", "1,2,3"]))
+    assert sorted(s["run_id"] for s in specs) == sorted(
+        f"BPR-{v}-s{seed}" for seed in (1, 2, 3) for v in ("base", "jpq-M8-k256-svd-user+item"))
+    assert {s["overrides"]["seed"] for s in specs} == {1, 2, 3}
+
+
+def test_host_budget_leaves_recbole_defaults_alone():
+    settings, specs = run.plan(run.parse_args(["--models", "BPR", "--budget", "host"]))
+    for spec in specs:
+        assert not {"epochs", "stopping_step", "learning_rate", "train_batch_size"} & set(spec["overrides"])
+    assert "own training defaults" in run._title(settings, [2020])
 
 
 @pytest.mark.parametrize(
     "argv, word",
     [(["--M", "3x"], "--M"), (["--ksub", "1"], "jpq_ksub"), (["--code-assign", "pca"], "pca"),
      (["--host", "tensorflow"], "tensorflow"), (["--host", "mmrec"], "--dataset"),
-     (["--host", "mmrec", "--dataset", "ml100k-mm"], "--mmrec-src")],
+     (["--host", "mmrec", "--dataset", "ml100k-mm"], "--mmrec-src"),
+     (["--models", "BPR,Nope"], "'Nope' is not a RecBole model"),
+     (["--models", "lightgc"], "LightGCN"),
+     (["--M", "7"], "not a multiple of jpq_M=7"), (["--targets", "user+thing"], "thing"),
+     (["--dataset", "no-such-data"], "no-such-data"), (["--seeds", "1,1"], "--seeds"),
+     (["--epochs", "0"], "--epochs")],
 )
 def test_bad_options_are_one_line_errors(argv, word):
     with pytest.raises(URecJPQError, match=word) as err:
@@ -161,7 +183,24 @@ def test_relative_change_and_mean_summary():
     summary = report.mean_changes(rows)
     (s,) = summary.values()
     assert s["models"] == 2 and s["recall@20"] == pytest.approx((-0.05 + 0.05) / 2)
+    assert s["worst_recall@20"] == pytest.approx(-0.05)
     assert s["params_id_tables"] == pytest.approx(-0.99)
+
+
+def test_seeds_give_mean_std_and_the_change_of_the_means():
+    def rec(jpq, seed, recall):
+        return {"run_id": f"A-{jpq}-{seed}", "status": "ok", "jpq": {"M": 8, "ksub": 256, "code_assign": "svd",
+                "targets": ["user", "item"]} if jpq else None, "spec": {"model": "A", "dataset": "d", "seed": seed},
+                "metrics": dict.fromkeys(("recall@10", "recall@20", "ndcg@10", "ndcg@20"), recall),
+                "params": {"id_tables": 1, "features": 0, "total": 1}, "checkpoint_bytes": 1}
+
+    rows = report.build_rows([rec(False, 1, 0.2), rec(False, 2, 0.4), rec(True, 1, 0.3), rec(True, 2, 0.3)])
+    # per run: against the base of the same seed
+    assert sorted(r["rel_recall@20"] for r in rows if r["variant"] == "jpq") == pytest.approx([-0.25, 0.5])
+    cells = {a["variant"]: a for a in report.aggregate(rows)}
+    assert cells["base"]["recall@20"] == pytest.approx(0.3) and cells["base"]["sd_recall@20"] == pytest.approx(0.1414, abs=1e-4)
+    assert cells["jpq"]["rel_recall@20"] == pytest.approx(0.0)  # change of the means, not mean of changes
+    assert "0.3000 ± 0.1414" in report.markdown(rows)
 
 
 def test_scale_bench_tiny_and_memory_guard(tmp_path):

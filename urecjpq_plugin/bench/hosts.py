@@ -105,6 +105,16 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def failure_reason(error: str) -> str:
+    """The line that says why a run failed: the last non-blank line of its log tail (a traceback's
+    exception line), prefixed with how the child ended."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    how = lines[0].split(";")[0]
+    return lines[-1] if len(lines) == 1 else f"{how}: {lines[-1]}"
+
+
 def run_in_subprocess(
     spec: dict, run_dir: Path, timeout: float | None = None, python: str | None = None,
     module: str = "urecjpq_plugin.bench.child", env: dict | None = None,
@@ -116,6 +126,8 @@ def run_in_subprocess(
     Returns the runner's result plus ``status`` ("ok" | "failed"), ``error`` (log tail),
     ``peak_rss_bytes`` (``wait4`` rusage of that child alone) and ``wall_seconds``.
     """
+    # Absolute: the child starts in run_dir, so a relative --out would name paths that do not exist there.
+    run_dir = Path(run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = run_dir / "spec.json", run_dir / "result.json", run_dir / "child.log"
     result_path.unlink(missing_ok=True)

@@ -31,6 +31,27 @@ def id_table_params(model: nn.Module, counts: dict) -> int:
     return total
 
 
+def distinct_codes(model: nn.Module) -> dict[str, float]:
+    """Per compressed table: the fraction of IDs whose whole code no other ID shares."""
+    import torch
+
+    out = {}
+    for path, module in jpq_modules(model).items():
+        codes = module.codes
+        out[path] = torch.unique(codes.long(), dim=0).shape[0] / max(codes.shape[0], 1)
+    return out
+
+
+def _by_entity(fractions: dict[str, float], refs_rows: dict[str, int], counts: dict) -> dict[str, float]:
+    """``{"user": f, "item": f}``: the lowest fraction among the tables of each ID space."""
+    out: dict[str, float] = {}
+    for path, fraction in fractions.items():
+        for entity, n in counts.items():
+            if refs_rows.get(path) == n:
+                out[entity] = min(out.get(entity, 1.0), fraction)
+    return out
+
+
 def _timed_epochs(trainer: Any) -> list[float]:
     """Wrap ``trainer._train_epoch`` to record each training epoch's seconds (evaluation excluded)."""
     seconds: list[float] = []
@@ -77,7 +98,9 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
     counts = {"user": data.user_num, "item": data.item_num}
     ckpt = trainer.saved_model_file
     id_params = id_table_params(net, counts)
+    rows = {path: m.num_embeddings for path, m in jpq_modules(net).items()}
     return {
+        "distinct_codes": _by_entity(distinct_codes(net), rows, counts),
         "metrics": {k: float(v) for k, v in test_result.items()},
         "valid_metrics": {k: float(v) for k, v in valid_result.items()},
         "valid_metric": config["valid_metric"],

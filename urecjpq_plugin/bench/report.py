@@ -2,14 +2,15 @@
 
 Every compressed run is compared with its model's uncompressed run (same seed, config, budget):
 ``rel_<measure> = (jpq - base) / base``, so -0.02 on recall@20 is a 2 % drop, -0.999 on ID-table
-parameters a 99.9 % reduction.
+parameters a 99.9 % reduction. With several seeds the markdown table shows each cell's mean +- std
+over seeds and the relative change of the means (the CSV keeps one row per run).
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 from .hosts import METRICS
 
@@ -34,6 +35,7 @@ def flatten(record: dict) -> dict:
         "run_id": record["run_id"],
         "model": record["spec"]["model"],
         "dataset": record["spec"]["dataset"],
+        "seed": record["spec"].get("seed", record["spec"].get("overrides", {}).get("seed", "")),
         "variant": "jpq" if jpq else "base",
         "jpq_M": jpq.get("M", ""),
         "jpq_ksub": jpq.get("ksub", ""),
@@ -48,6 +50,9 @@ def flatten(record: dict) -> dict:
         row[f"params_{k}"] = params.get(k, "")
     for k in ("checkpoint_bytes", "state_dict_bytes", "peak_rss_bytes", "seconds_per_epoch", "epochs", "wall_seconds"):
         row[k] = record.get(k, "")
+    distinct = record.get("distinct_codes") or {}
+    row["distinct_codes_user"] = distinct.get("user", "")
+    row["distinct_codes_item"] = distinct.get("item", "")
     return row
 
 
@@ -60,13 +65,37 @@ def relative(value, base):
 def build_rows(records: list[dict]) -> list[dict]:
     """Rows of finished runs, each jpq row with ``rel_*`` against its model's base row."""
     rows = [flatten(r) for r in records if r.get("status") == "ok"]
-    base = {r["model"]: r for r in rows if r["variant"] == "base"}
+    base = {(r["model"], r["seed"]): r for r in rows if r["variant"] == "base"}
     for row in rows:
-        ref = base.get(row["model"])
+        ref = base.get((row["model"], row["seed"]))
         for m in MEASURES:
             row[f"rel_{m}"] = relative(row[m], ref[m]) if ref and row["variant"] == "jpq" else ""
     order = {"base": 0, "jpq": 1}
-    return sorted(rows, key=lambda r: (r["model"], order[r["variant"]], str(r["jpq_M"]).zfill(4), r["run_id"]))
+    return sorted(rows, key=lambda r: (r["model"], order[r["variant"]], str(r["jpq_M"]).zfill(4),
+                                       str(r["jpq_ksub"]).zfill(6), r["run_id"]))
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (model, setting) over seeds: ``<m>`` the mean, ``sd_<m>`` the std (0 for one seed),
+    ``rel_<m>`` the relative change of the means against the model's uncompressed mean (its seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], _setting(r)), []).append(r)
+    out = []
+    for (model, setting), rs in groups.items():
+        agg = {k: rs[0][k] for k in ("model", "variant", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets")}
+        agg.update(setting=setting, seeds=len(rs))
+        for m in (*MEASURES, "distinct_codes_user", "distinct_codes_item"):
+            vals = [r[m] for r in rs if r[m] not in ("", None)]
+            agg[m] = mean(vals) if vals else ""
+            agg[f"sd_{m}"] = stdev(vals) if len(vals) > 1 else 0.0
+        out.append(agg)
+    base = {a["model"]: a for a in out if a["variant"] == "base"}
+    for a in out:
+        ref = base.get(a["model"])
+        for m in MEASURES:
+            a[f"rel_{m}"] = relative(a[m], ref[m]) if ref and a["variant"] == "jpq" else ""
+    return out
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -102,108 +131,130 @@ def _setting(row: dict) -> str:
 
 
 def markdown(rows: list[dict], title: str = "") -> str:
-    """Main table (values, and change vs uncompressed in brackets) plus mean change per setting."""
+    """Main table (mean +- std over seeds, change of the means vs uncompressed in brackets) plus the
+    mean change per setting."""
     head = [
-        "model", "setting", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "ID-table params", "total params",
-        "checkpoint", "peak RSS", "s/epoch", "epochs",
+        "model", "setting", "seeds", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "ID-table params", "total params",
+        "checkpoint", "peak RSS", "s/epoch", "epochs", "distinct codes (user/item)",
     ]
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    for r in aggregate(rows):
         def cell(key, fmt):
             text = fmt(r[key])
+            if r["seeds"] > 1 and key in METRICS and text:
+                text += f" ± {_num(r['sd_' + key])}"
             rel = r.get(f"rel_{key}", "")
             return f"{text} ({_pct(rel)})" if rel != "" else text
 
+        distinct = "/".join(f"{r[k] * 100:.1f}%" for k in ("distinct_codes_user", "distinct_codes_item") if r[k] != "")
+
         lines.append("| " + " | ".join([
-            r["model"], _setting(r),
+            r["model"], r["setting"], str(r["seeds"]),
             cell("recall@10", _num), cell("recall@20", _num), cell("ndcg@10", _num), cell("ndcg@20", _num),
-            cell("params_id_tables", lambda v: f"{v:,}"), cell("params_total", lambda v: f"{v:,}"),
+            cell("params_id_tables", lambda v: f"{v:,.0f}"), cell("params_total", lambda v: f"{v:,.0f}"),
             cell("checkpoint_bytes", _size), cell("peak_rss_bytes", _size),
-            cell("seconds_per_epoch", lambda v: _num(v, 2)), str(r["epochs"]),
+            cell("seconds_per_epoch", lambda v: _num(v, 2)), _num(r["epochs"], 1), distinct or "-",
         ]) + " |")
     summary = mean_changes(rows)
     if summary:
-        lines += ["", "Mean relative change against uncompressed, over models:", "",
-                  "| setting | models | recall@20 | ndcg@20 | ID-table params | checkpoint |", "|---|---|---|---|---|---|"]
+        lines += ["", "Mean relative change against uncompressed, over models (of the means over seeds):", "",
+                  "| setting | models | recall@20 | ndcg@20 | worst recall@20 | worst ndcg@20 | ID-table params | "
+                  "checkpoint |", "|---|---|---|---|---|---|---|---|"]
         for setting, s in summary.items():
             lines.append(f"| {setting} | {s['models']} | {_pct(s['recall@20'])} | {_pct(s['ndcg@20'])} | "
+                         f"{_pct(s['worst_recall@20'])} | {_pct(s['worst_ndcg@20'])} | "
                          f"{_pct(s['params_id_tables'])} | {_pct(s['checkpoint_bytes'])} |")
     return "\n".join(lines) + "\n"
 
 
 def mean_changes(rows: list[dict]) -> dict[str, dict]:
-    """Per JPQ setting: the mean over models of each relative change (models lacking a base are skipped)."""
+    """Per JPQ setting: the mean (and worst) over models of each model's relative change of the means."""
     groups: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["variant"] == "jpq" and r["rel_recall@20"] != "":
-            groups.setdefault(_setting(r), []).append(r)
+    for a in aggregate(rows):
+        if a["variant"] == "jpq" and a["rel_recall@20"] != "":
+            groups.setdefault(a["setting"], []).append(a)
     out = {}
     for setting, rs in groups.items():
         out[setting] = {"models": len(rs)}
         for m in ("recall@20", "ndcg@20", "params_id_tables", "checkpoint_bytes"):
             vals = [r[f"rel_{m}"] for r in rs if r[f"rel_{m}"] != ""]
             out[setting][m] = mean(vals) if vals else ""
+            out[setting][f"worst_{m}"] = min(vals) if vals else ""
     return out
 
 
+def _sweep_plot(ax, cells: list[dict], metric: str, axis: str, colors: dict, fixed: tuple[str, ...]) -> None:
+    """Lines of ``metric`` (mean, std as error bars) against ``axis`` per model and fixed settings;
+    each model's uncompressed mean as a dashed line."""
+    for model, color in colors.items():
+        lines: dict[tuple, list] = {}
+        for a in cells:
+            if a["model"] == model and a["variant"] == "jpq":
+                lines.setdefault(tuple(a[k] for k in fixed), []).append((int(a[axis]), a[metric], a[f"sd_{metric}"]))
+        for key, pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+            pts.sort()
+            label = model if len(lines) == 1 else f"{model} " + " ".join(map(str, key))
+            xs, ys, sds = zip(*pts)
+            ax.errorbar(xs, ys, yerr=sds, marker="^", color=color, label=label, capsize=2)
+        base = [a[metric] for a in cells if a["model"] == model and a["variant"] == "base"]
+        if base:
+            ax.axhline(base[0], color=color, linestyle="--", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+
+
 def plot(rows: list[dict], folder: Path) -> list[Path]:
-    """accuracy_vs_params.png (every run) and accuracy_vs_M.png (jpq runs, base as dashed line)."""
+    """PNG plots of the cells (means over seeds): accuracy against trainable parameters, against M,
+    against ksub, and against checkpoint bytes (Pareto: jpq points, uncompressed as dashed lines)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    models = sorted({r["model"] for r in rows})
+    cells = aggregate(rows)
+    models = sorted({a["model"] for a in cells})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     written = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
-        for m in models:
-            for variant, marker in (("base", "o"), ("jpq", "^")):
-                pts = [(r["params_total"], r[metric]) for r in rows if r["model"] == m and r["variant"] == variant]
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.scatter(xs, ys, marker=marker, color=colors[m], s=40,
-                               label=f"{m} {'uncompressed' if variant == 'base' else 'jpq'}")
-        ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(f"test {metric}")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle("accuracy against trainable parameters (circle: uncompressed, triangle: jpq)")
-    fig.tight_layout()
-    written.append(folder / "accuracy_vs_params.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    def save(fig, name: str, title: str) -> None:
+        fig.suptitle(title)
+        fig.tight_layout()
+        written.append(folder / name)
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
-        for m in models:
-            base = [r[metric] for r in rows if r["model"] == m and r["variant"] == "base"]
-            lines: dict[tuple, list] = {}
-            for r in rows:
-                if r["model"] == m and r["variant"] == "jpq":
-                    lines.setdefault((r["jpq_ksub"], r["jpq_code_assign"], r["jpq_targets"]), []).append(
-                        (int(r["jpq_M"]), r[metric]))
-            for key, pts in sorted(lines.items()):
-                pts.sort()
-                label = m if len(lines) == 1 else f"{m} ksub={key[0]} {key[1]} {key[2]}"
-                ax.plot(*zip(*pts), marker="^", color=colors[m], label=label)
-            if base:
-                ax.axhline(base[0], color=colors[m], linestyle="--", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("M (splits per code)")
-        ax.set_ylabel(f"test {metric}")
-        ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=7)
-    fig.suptitle("jpq accuracy against M (dashed: uncompressed)")
-    fig.tight_layout()
-    written.append(folder / "accuracy_vs_M.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    for name, x_key, x_label in (("accuracy_vs_params.png", "params_total", "trainable parameters"),
+                                 ("accuracy_vs_checkpoint.png", "checkpoint_bytes", "checkpoint bytes")):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
+            for m in models:
+                jpq = [(a[x_key], a[metric]) for a in cells if a["model"] == m and a["variant"] == "jpq"]
+                if jpq:
+                    ax.scatter(*zip(*jpq), marker="^", color=colors[m], s=40, label=f"{m} jpq")
+                for a in cells:
+                    if a["model"] == m and a["variant"] == "base":
+                        ax.scatter([a[x_key]], [a[metric]], marker="o", color=colors[m], s=40,
+                                   label=f"{m} uncompressed")
+                        ax.axhline(a[metric], color=colors[m], linestyle="--", linewidth=1)
+            ax.set_xscale("log")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(f"test {metric}")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, ncol=2)
+        save(fig, name, f"accuracy against {x_label} (circle/dashed: uncompressed, triangle: jpq; mean over seeds)")
+
+    for name, axis, fixed in (("accuracy_vs_M.png", "jpq_M", ("jpq_ksub", "jpq_code_assign", "jpq_targets")),
+                              ("accuracy_vs_ksub.png", "jpq_ksub", ("jpq_M", "jpq_code_assign", "jpq_targets"))):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
+            _sweep_plot(ax, cells, metric, axis, colors, fixed)
+            ax.set_xlabel("M (splits per code)" if axis == "jpq_M" else "ksub (sub-ids per split)")
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=6)
+        save(fig, name, f"jpq accuracy against {'M' if axis == 'jpq_M' else 'ksub'} "
+             "(dashed: uncompressed; bars: std over seeds)")
     return written
 
 

@@ -2,6 +2,8 @@
 
     urecjpq bench                                   # RecBole, ml-100k, BPR LightGCN NGCF SGL SimpleX
     urecjpq bench --M 2,4,8,16,32 --ksub 16,64,256  # one jpq run per combination (plus one base per model)
+    urecjpq bench --seeds 2020,2021,2022          # every cell once per seed; tables show mean +- std
+    urecjpq bench --budget recbole                # RecBole's own training defaults (300 epochs, lr 0.001, ...)
     urecjpq bench --host mmrec --models FREEDOM,LATTICE --mmrec-src ~/MMRec --dataset ml100k-mm
 
 Sweep options take comma-separated values; ``--targets`` values join tables with ``+``
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import JPQConfig, JPQConfigError, parse_list
-from .hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, run_in_subprocess
+from .hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, failure_reason, run_in_subprocess
 from .report import write_reports
 from .store import all_runs, load_run, open_folder, save_run
 
@@ -31,6 +33,9 @@ DEFAULT_DATASET = {"recbole": "ml-100k", "mmrec": None}
 DEFAULT_EPOCHS = 30
 DEFAULT_STOPPING_STEP = 5
 DEFAULT_SET = {"recbole": {"train_batch_size": 4096, "learning_rate": 0.005}, "mmrec": {}}
+# --budget: "short" is the budget above; "host" trains as a user who only adds `jpq: true` would,
+# under the host's own defaults (RecBole: 300 epochs, lr 0.001, batch 2048, early stopping after 10).
+BUDGETS = ("short", "host")
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -62,10 +67,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--ksub", default="256", help="jpq_ksub values (default 256)")
     p.add_argument("--code-assign", default="svd", help="jpq_code_assign values (default svd)")
     p.add_argument("--targets", default="user+item", help="jpq_targets values, tables joined by + (default user+item)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epoch cap per run (default {DEFAULT_EPOCHS})")
-    p.add_argument("--stopping-step", type=int, default=DEFAULT_STOPPING_STEP,
-                   help=f"early-stopping patience in evaluations (default {DEFAULT_STOPPING_STEP})")
-    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--budget", default="short", choices=BUDGETS,
+                   help="short (default): the epochs/patience/--set below; host: the host's own training defaults")
+    p.add_argument("--epochs", type=int, default=None, help=f"epoch cap per run (short budget: {DEFAULT_EPOCHS})")
+    p.add_argument("--stopping-step", type=int, default=None,
+                   help=f"early-stopping patience in evaluations (short budget: {DEFAULT_STOPPING_STEP})")
+    p.add_argument("--seeds", default="2020", help="comma-separated seeds; every run once per seed (default 2020)")
+    p.add_argument("--seed", dest="seeds", type=str, help=argparse.SUPPRESS)  # the old single-seed flag
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra host config for every run (repeatable), e.g. --set learning_rate=0.002 "
                    f"(recbole defaults: {DEFAULT_SET['recbole']})")
@@ -92,41 +100,74 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     models = [m.strip() for m in (args.models or DEFAULT_MODELS[args.host]).split(",") if m.strip()]
     if not models:
         raise JPQConfigError("--models is empty; give comma-separated model names")
-    extra = {**DEFAULT_SET[args.host], **_set_pairs(args.set)}
-    settings = {
-        "host": args.host, "dataset": dataset, "epochs": args.epochs, "stopping_step": args.stopping_step,
-        "seed": args.seed, "set": extra, "threads": args.threads,
-    }
-    budget = {"epochs": args.epochs, "stopping_step": args.stopping_step, "seed": args.seed, **extra}
+    seeds = _ints(args.seeds, "--seeds")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise JPQConfigError(f"--seeds {args.seeds!r} must list distinct integers, e.g. 2020,2021,2022")
+    if args.budget == "short":
+        epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+        stopping = DEFAULT_STOPPING_STEP if args.stopping_step is None else args.stopping_step
+        budget = {"epochs": epochs, "stopping_step": stopping, **DEFAULT_SET[args.host]}
+    else:  # the host's own defaults; --epochs/--stopping-step/--set still override where given
+        budget = {k: v for k, v in (("epochs", args.epochs), ("stopping_step", args.stopping_step)) if v is not None}
+    for flag, value in (("--epochs", budget.get("epochs")), ("--stopping-step", budget.get("stopping_step"))):
+        if value is not None and value < 1:
+            raise JPQConfigError(f"{flag} {value} is invalid; it must be 1 or more")
+    budget.update(_set_pairs(args.set))
+    settings = {"host": args.host, "dataset": dataset, "budget": args.budget, "set": budget, "threads": args.threads}
     grid = []
     for M, ksub, code, targets in itertools.product(
         _ints(args.M, "--M"), _ints(args.ksub, "--ksub"), parse_list(args.code_assign),
         [tuple(t.split("+")) for t in parse_list(args.targets)],
     ):
-        grid.append(JPQConfig(M=M, ksub=ksub, code_assign=code, targets=targets, seed=args.seed))  # checks values
+        grid.append(JPQConfig(M=M, ksub=ksub, code_assign=code, targets=targets))  # checks values
+    if not grid:
+        raise JPQConfigError("--M, --ksub, --code-assign and --targets each need at least one value")
+    if args.host == "recbole":
+        _check_recbole(models, dataset, budget, grid)
     options = {"mmrec_src": args.mmrec_src} if args.host == "mmrec" else {}
     specs = []
-    for model in models:
-        specs.append(_spec(args.host, model, dataset, {**budget, "jpq": False}, options, None))
-        for cfg in grid:
-            jpq = {"M": cfg.M, "ksub": cfg.ksub, "code_assign": cfg.code_assign, "targets": list(cfg.targets)}
-            over = {**budget, "jpq": True, "jpq_M": cfg.M, "jpq_ksub": cfg.ksub,
-                    "jpq_code_assign": cfg.code_assign, "jpq_targets": list(cfg.targets)}
-            specs.append(_spec(args.host, model, dataset, over, options, jpq))
+    for seed in seeds:
+        for model in models:
+            specs.append(_spec(args.host, model, dataset, {**budget, "seed": seed, "jpq": False}, options, None, seed))
+            for cfg in grid:
+                jpq = {"M": cfg.M, "ksub": cfg.ksub, "code_assign": cfg.code_assign, "targets": list(cfg.targets)}
+                over = {**budget, "seed": seed, "jpq": True, "jpq_M": cfg.M, "jpq_ksub": cfg.ksub,
+                        "jpq_code_assign": cfg.code_assign, "jpq_targets": list(cfg.targets)}
+                specs.append(_spec(args.host, model, dataset, over, options, jpq, seed))
     return settings, specs
 
 
-def _spec(host: str, model: str, dataset: str, overrides: dict, options: dict, jpq: dict | None) -> dict:
+def _check_recbole(models: list[str], dataset: str, budget: dict, grid: list[JPQConfig]) -> None:
+    """Every model name, the dataset and every M against each model's embedding size, before any run."""
+    from ..hosts.recbole_names import check_dataset, check_model, model_embedding_size
+
+    for model in models:
+        check_model(model)
+    check_dataset(dataset, budget.get("data_path"))
+    for model in models:
+        dim = budget.get("embedding_size") or model_embedding_size(model)
+        for cfg in grid:
+            if dim and cfg.M != "auto":
+                cfg.check_dim(int(dim), f"{model}'s embedding tables")
+
+
+def _spec(host: str, model: str, dataset: str, overrides: dict, options: dict, jpq: dict | None, seed: int) -> dict:
     run_id = f"{model}-base" if jpq is None else (
         f"{model}-jpq-M{jpq['M']}-k{jpq['ksub']}-{jpq['code_assign']}-{'+'.join(jpq['targets'])}")
-    return {"run_id": run_id, "host": host, "model": model, "dataset": dataset,
+    return {"run_id": f"{run_id}-s{seed}", "host": host, "model": model, "dataset": dataset, "seed": seed,
             "overrides": overrides, "options": options, "jpq": jpq}
 
 
-def _title(settings: dict) -> str:
-    extra = ", ".join(f"{k}={v}" for k, v in settings["set"].items())
-    return (f"{settings['host']} {settings['dataset']}: at most {settings['epochs']} epochs, early stopping after "
-            f"{settings['stopping_step']} evaluations without gain, seed {settings['seed']}" + (f", {extra}" if extra else "")
+def _title(settings: dict, seeds: list[int]) -> str:
+    budget = dict(settings["set"])
+    if settings["budget"] == "short":
+        head = (f"at most {budget.pop('epochs')} epochs, early stopping after {budget.pop('stopping_step')} "
+                "evaluations without gain")
+    else:
+        head = f"{settings['host']}'s own training defaults"
+    extra = ", ".join(f"{k}={v}" for k, v in budget.items())
+    return (f"{settings['host']} {settings['dataset']}: {head}" + (f", {extra}" if extra else "")
+            + f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
             + (f", {settings['threads']} thread(s) per run" if settings.get("threads") else ""))
 
 
@@ -140,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     exit_on_sigterm()
     settings, specs = plan(args)
-    out = Path(args.out)
+    seeds = sorted({s["seed"] for s in specs})
+    out = Path(args.out).expanduser()
     runs = open_folder(out, settings)
     done = {s["run_id"] for s in specs if (load_run(runs, s["run_id"]) or {}).get("status") == "ok"}
     todo = [s for s in specs if s["run_id"] not in done]
@@ -149,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = None
     if args.threads:  # torch reads these at start-up; spinning thread pools on a shared CPU cost 10-80x
         env = {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    failed = []
+    failed: list[tuple[str, str]] = []
     with _progress(len(specs), args.no_progress) as bar:
         bar.update(len(done))
         for spec in todo:
@@ -160,16 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
             save_run(runs, record)
             if record["status"] != "ok":
-                failed.append(spec["run_id"])
-                bar.write(f"run {spec['run_id']} failed: {record['error'].splitlines()[0]} (log: {run_dir}/)")
-            write_reports(all_runs(runs), out, title=_title(settings))
+                failed.append((spec["run_id"], failure_reason(record["error"])))
+                bar.write(f"run {spec['run_id']} failed: {failed[-1][1]} (log: {run_dir}/child.log)")
+            write_reports(all_runs(runs), out, title=_title(settings, seeds))
             bar.update(1)
-    paths = write_reports(all_runs(runs), out, title=_title(settings))
+    paths = write_reports(all_runs(runs), out, title=_title(settings, seeds))
     print((out / "results.md").read_text())
     print(f"outputs: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     if failed:
-        print(f"urecjpq bench: {len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to retry them",
-              file=sys.stderr)
+        print(f"urecjpq bench: {len(failed)} run(s) failed; rerun the same command to retry them:", file=sys.stderr)
+        for run_id, reason in failed:
+            print(f"  {run_id}: {reason}", file=sys.stderr)
         return 1
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import JPQConfig, JPQConfigError
-from .hosts import exit_on_sigterm, run_in_subprocess
+from .hosts import exit_on_sigterm, failure_reason, run_in_subprocess
 from .store import all_runs, load_run, open_folder, save_run
 
 GiB = 1 << 30
@@ -116,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_on_sigterm()
     settings, specs = plan(args)
     budget = _bytes_arg(args.memory_budget) if args.memory_budget else int(0.8 * available_memory())
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     runs = open_folder(out, settings)
+    failed: list[tuple[str, str]] = []
     for spec in specs:
         done = load_run(runs, spec["run_id"])
         if done and done.get("status") in ("ok", "does not fit"):
@@ -138,10 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_in_subprocess(full, run_dir, module="urecjpq_plugin.bench.scale_child", env=env)
             record = {"run_id": spec["run_id"], "spec": spec, "estimate_bytes": estimate, **result}
             if record["status"] != "ok":
-                print(f"{spec['run_id']}: failed: {record['error']}", file=sys.stderr)
+                failed.append((spec["run_id"], failure_reason(record["error"])))
+                print(f"{spec['run_id']}: failed: {failed[-1][1]} (log: {run_dir}/child.log)", file=sys.stderr)
         save_run(runs, record)
         write_scale_report(all_runs(runs), out)
     print(write_scale_report(all_runs(runs), out))
+    if failed:
+        print(f"urecjpq bench-scale: {len(failed)} run(s) failed; rerun the same command to retry them:",
+              file=sys.stderr)
+        for run_id, reason in failed:
+            print(f"  {run_id}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
