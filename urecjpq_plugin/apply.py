@@ -100,7 +100,12 @@ def _given_codes(codes: Mapping[str, Any], counts: Mapping[str, int], entities: 
     missing = [e for e in entities if e not in codes]
     if missing:
         raise JPQConfigError(f"codes has no entry for {missing}; give codes={{entity: [rows, M] tensor}} for {entities}")
-    out = {e: as_codes(codes[e], config.ksub) for e in entities}
+    out = {}
+    for entity in entities:
+        try:
+            out[entity] = as_codes(codes[entity], config.ksub)
+        except JPQConfigError as err:
+            raise JPQConfigError(f"codes[{entity!r}]: {err}") from None
     for entity, value in out.items():
         if tuple(value.shape) != (counts[entity], config.M):
             raise JPQConfigError(
@@ -175,7 +180,7 @@ def unload_jpq(model: nn.Module) -> nn.Module:
         strays = sorted(jpq_modules(model))
         where = f"its JPQ tables {strays} were not put there by apply_jpq" if strays else "it holds no JPQ tables"
         raise JPQTargetError(f"cannot unload model {type(model).__name__}: {where}")
-    for path in swapped:
+    for path in reversed(list(swapped)):  # undo in reverse, so each owner's parameter order comes back
         unswap_table(model, path)
     return model
 
