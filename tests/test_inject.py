@@ -152,3 +152,20 @@ def test_all_tables_are_validated_before_any_change():
     with pytest.raises(JPQConfigError, match="embedding size 18 of item_embedding is not a multiple of jpq_M=4"):
         inject_jpq(model, refs, lambda e: calls.append(e), JPQConfig(M=4, ksub=8))
     assert calls == [] and isinstance(model.user_embedding, nn.Embedding)
+
+
+def test_a_table_failing_to_build_leaves_every_table_in_place(monkeypatch):
+    model = EmbeddingModel()
+    built = []
+    original = JPQEmbedding.from_table.__func__
+
+    def from_table(cls, table, *args, **kwargs):
+        if built:  # the second table fails, as a constructor check would
+            raise JPQConfigError("refused")
+        built.append(table)
+        return original(cls, table, *args, **kwargs)
+
+    monkeypatch.setattr(JPQEmbedding, "from_table", classmethod(from_table))
+    with pytest.raises(JPQConfigError, match="refused"):
+        inject_jpq(model, find_id_tables(model, COUNTS, ["user", "item"]), codes_for(), JPQConfig(M=4, ksub=8))
+    assert len(built) == 1 and not jpq_modules(model) and "_urecjpq_swaps" not in model.__dict__

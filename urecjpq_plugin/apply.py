@@ -268,22 +268,30 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
             )
         checked.append((entry, _checked_entry(entry, have, name)))
     before = count_trainable(model)
-    records = []
+    built = []  # new tables are all built before any swap, so a failing constructor check changes nothing
     for entry, codes in checked:
         path = entry["path"]
         if path in swapped:
-            module = jpq_module_at(model, swapped[path].ref)
-            with torch.no_grad():
-                module.codes.copy_(codes)
-                module.sub_embeddings.copy_(entry["sub_embeddings"])
             continue
         ref = TableRef(path, str(entry["entity"]), entry["kind"], (entry["rows"], entry["dim"]))
         parent, leaf = _resolve(model, path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
-        new = JPQEmbedding(codes, entry["ksub"], entry["dim"], padding_idx).to(device=table.device, dtype=table.dtype)
+        try:
+            new = JPQEmbedding(codes, entry["ksub"], entry["dim"], padding_idx)
+        except JPQConfigError as err:
+            raise JPQCheckpointError(f"checkpoint table {path!r}: {err}") from None
+        new = new.to(device=table.device, dtype=table.dtype)
         with torch.no_grad():
             new.sub_embeddings.copy_(entry["sub_embeddings"])
         new.sub_embeddings.requires_grad_(table.requires_grad)
-        records.append(SwapRecord.of(ref, ref.entity, table, new))
+        built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
+    for entry, codes in checked:
+        if entry["path"] in swapped:
+            module = jpq_module_at(model, swapped[entry["path"]].ref)
+            with torch.no_grad():
+                module.codes.copy_(codes)
+                module.sub_embeddings.copy_(entry["sub_embeddings"])
+    for ref, new, _ in built:
         swap_table(model, ref, new)
+    records = [record for _, _, record in built]
     return _report(model, records, entries[0]["M"], entries[0]["ksub"], "checkpoint", before)

@@ -321,14 +321,15 @@ def inject_jpq(
                 f"codes for {ref.entity} have shape {tuple(codes[ref.entity].shape)}; "
                 f"table {ref.path} needs {(ref.shape[0], config.M)}"
             )
-    records = []
+    built = []  # every new table first: a check in JPQEmbedding's constructor fails before any swap
     for ref in refs:
         parent, leaf = _resolve(model, ref.path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
         new = JPQEmbedding.from_table(table, codes[ref.entity].to(table.device), config.ksub, padding_idx)
-        records.append(SwapRecord.of(ref, ref.entity, table, new))
+        built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
+    for ref, new, _ in built:
         swap_table(model, ref, new)
-    return records
+    return [record for _, _, record in built]
 
 
 def subclass_with(cls: type, **members: object) -> type:

@@ -20,6 +20,13 @@ import torch
 from .config import JPQConfigError
 
 
+def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
+    """``||x - approx||_F / ||x||_F``: the plugin's one reconstruction error (a norm ratio; 0 is exact)."""
+    x = torch.as_tensor(x).detach().float().cpu()
+    approx = torch.as_tensor(approx).detach().float().cpu()
+    return float((approx - x).norm() / x.norm().clamp_min(1e-12))
+
+
 def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """Index of the nearest row of ``centroids [k, dsub]`` for each row of ``x [n, dsub]``, in bounded memory."""
     out = torch.empty(x.shape[0], dtype=torch.long)
@@ -124,6 +131,6 @@ class ProductQuantizer:
         return torch.cat([centroids[k, codes[:, k]] for k in range(self.M)], dim=1)
 
     def relative_error(self, x: torch.Tensor) -> float:
-        """``||x - decode(encode(x))||_F / ||x||_F`` (0 is exact)."""
+        """:func:`relative_error` of ``x`` and ``decode(encode(x))``: ``||x - x_hat||_F / ||x||_F``."""
         x = self._vectors(x)
-        return float((self.decode(self.encode(x)) - x).norm() / x.norm().clamp_min(1e-12))
+        return relative_error(x, self.decode(self.encode(x)))
