@@ -28,8 +28,9 @@ def _tiny_dataset(root):
 
 
 def _args(data_root, out, *extra):
+    # ksub 16: the tiny tables have 61 and 51 rows, and ksub may not exceed a table's rows.
     return ["--dataset", "tiny", "--set", f"data_path={data_root}", "--epochs", "1", "--out", str(out),
-            "--no-progress", *extra]
+            "--ksub", "16", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,8 @@ def test_outputs_present_and_consistent(bench):
     out = bench["out"]
     assert bench["rc"] == 0
     records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert set(records) == {"BPR-base-s2020", "BPR-jpq-M8-k256-svd-user+item-s2020", "LightGCN-base-s2020",
-                            "LightGCN-jpq-M8-k256-svd-user+item-s2020"}
+    assert set(records) == {"BPR-base-s2020", "BPR-jpq-M8-k16-svd-user+item-s2020", "LightGCN-base-s2020",
+                            "LightGCN-jpq-M8-k16-svd-user+item-s2020"}
     for rid, rec in records.items():
         assert rec["status"] == "ok", rec.get("error")
         assert rec["epochs"] == 1 and rec["seconds_per_epoch"] > 0
@@ -62,12 +63,10 @@ def test_outputs_present_and_consistent(bench):
     rows = {r["run_id"]: r for r in _rows(out)}
     assert set(rows) == set(records)
     for model in MODELS.split(","):
-        base, jpq = records[f"{model}-base-s2020"], records[f"{model}-jpq-M8-k256-svd-user+item-s2020"]
-        # Tiny tables (60 and 50 rows x 64) are smaller than the 8 x 256 x 8 codebooks: the
-        # table shows what jpq does at this size, whichever way it goes, computed from the runs.
-        assert jpq["params"]["id_tables"] == 2 * 8 * 256 * 8
+        base, jpq = records[f"{model}-base-s2020"], records[f"{model}-jpq-M8-k16-svd-user+item-s2020"]
+        assert jpq["params"]["id_tables"] == 2 * 16 * 64  # ksub * d per table
         assert base["params"]["id_tables"] == (61 + 51) * 64  # RecBole adds a padding row
-        row = rows[f"{model}-jpq-M8-k256-svd-user+item-s2020"]
+        row = rows[f"{model}-jpq-M8-k16-svd-user+item-s2020"]
         expect = (jpq["metrics"]["recall@20"] - base["metrics"]["recall@20"]) / base["metrics"]["recall@20"]
         assert float(row["rel_recall@20"]) == pytest.approx(expect)
         assert float(row["rel_params_id_tables"]) == pytest.approx(
@@ -82,7 +81,7 @@ def test_outputs_present_and_consistent(bench):
 def test_resume_reruns_only_what_is_missing(bench):
     out, data = bench["out"], bench["data"]
     runs = out / "runs"
-    interrupted = runs / "LightGCN-jpq-M8-k256-svd-user+item-s2020.json"
+    interrupted = runs / "LightGCN-jpq-M8-k16-svd-user+item-s2020.json"
     interrupted.unlink()  # as if the bench was stopped during this run
     kept = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     assert run.main(_args(data, out, "--models", MODELS)) == 0
@@ -120,7 +119,7 @@ def test_plan_sweeps_every_combination():
     settings, specs = run.plan(args)
     assert len(specs) == 2 * (1 + 2 * 2 * 2)
     assert {s["run_id"] for s in specs} >= {"NGCF-base-s2020", "BPR-jpq-M4-k16-svd-item-s2020",
-                                            "NGCF-jpq-M8-k256-svd-user+item-s2020"}
+                                            "NGCF-jpq-M8-k16-svd-user+item-s2020"}
     assert all(s["overrides"]["epochs"] == settings["set"]["epochs"] == 30 for s in specs)
 
 

@@ -67,7 +67,7 @@ def test_bench_out_relative_with_spaces_and_home(tmp_path, out):
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
     lines += [f"{u}\t{(u * 7 + t) % 40}\t1\t{t}" for u in range(50) for t in range(12)]
     (data / "tiny.inter").write_text("\n".join(lines) + "\n")
-    cmd = ["urecjpq", "bench", "--models", "BPR", "--epochs", "1", "--no-progress", "--dataset", "tiny",
+    cmd = ["urecjpq", "bench", "--models", "BPR", "--epochs", "1", "--no-progress", "--dataset", "tiny", "--ksub", "16",
            "--set", f"data_path={tmp_path / 'data'}", "--out", out]
     proc = urecjpq(cmd, cwd=tmp_path, HOME=str(home))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -86,9 +86,9 @@ def to_faiss_index(
 
 def load_table(checkpoint: str, name: str) -> JPQEmbedding:
     """Rebuild the JPQ table ``name`` (e.g. ``item_embedding``) from a RecBole/torch checkpoint."""
-    if not os.path.isfile(checkpoint):
-        raise ExportError(f"checkpoint {checkpoint!r} does not exist")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from .checkpoint_file import read_checkpoint_file
+
+    saved = read_checkpoint_file(checkpoint)
     state = saved.get("state_dict", saved) if isinstance(saved, dict) else {}
     tables = sorted(k[: -len(".sub_embeddings")] for k in state if k.endswith(".sub_embeddings"))
     if name not in tables:

@@ -53,16 +53,22 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def build_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str] | None, dict]:
+    """Check what RecBole would only reject with a traceback (or not at all), before it writes anything."""
+    from .recbole_names import check_dataset, check_model
+
+    if args.nproc < 1:
+        raise JPQConfigError(f"--nproc={args.nproc} is invalid; it must be 1 or more (processes to start)")
+    check_model(args.model)
     files = args.config_files.strip().split(" ") if args.config_files else None
     from_files = _yaml_keys(files or [])
     given = {a[2:].split("=", 1)[0]: a.split("=", 1)[1] for a in overrides if a.startswith("--") and "=" in a}
     config_dict: dict = {}
-    if "data_path" not in given and "data_path" not in from_files and not os.path.isdir(
-        os.path.join("dataset", args.dataset)
-    ):
+    data_path = _literal(given.get("data_path", from_files.get("data_path")))
+    if data_path is None and not os.path.isdir(os.path.join("dataset", args.dataset)):
         shipped = shipped_data_path(args.dataset)
         if shipped:
-            config_dict["data_path"] = shipped
+            config_dict["data_path"] = data_path = shipped
+    check_dataset(args.dataset, data_path)
     # Check the JPQ options before RecBole writes logs or checkpoints.
     merged = {**from_files, **given}
     if jpq_enabled(merged):
@@ -102,9 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             group_offset=args.group_offset,
         )
     except URecJPQError as err:
+        _into_recbole_log(f"urecjpq-recbole: error: {err}")
         print(f"urecjpq-recbole: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _into_recbole_log(line: str) -> None:
+    """An error raised after RecBole opened its log file ends that log too (not a log cut short)."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.stream.write(line + "\n")
+                handler.flush()
+            finally:
+                handler.release()
 
 
 if __name__ == "__main__":

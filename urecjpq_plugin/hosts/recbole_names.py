@@ -53,8 +53,10 @@ def model_names() -> dict[str, str]:
 def check_model(name: str) -> str:
     """Return ``name`` if RecBole has it, else raise with a few close names."""
     names = model_names()
-    if name.lower() in names:
+    if names.get(name.lower()) == name:
         return name
+    if name.lower() in names:  # RecBole looks the class up by its exact name
+        raise RecBoleNameError(f"model {name!r} is not a RecBole model; RecBole's name is {names[name.lower()]!r}")
     close = difflib.get_close_matches(name.lower(), list(names), n=4, cutoff=0.5)
     hint = ", ".join(names[c] for c in close) if close else ", ".join(sorted(names.values())[:6]) + ", ..."
     raise RecBoleNameError(f"model {name!r} is not a RecBole model; close names: {hint}")

@@ -1,0 +1,99 @@
+"""Bad input, as a new user types it: exit code 2, one line naming the value and what is valid, and
+nothing created or changed in the working folder (beyond RecBole's own log, which then ends with it)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from urecjpq_plugin.checkpoint_file import CheckpointFileError
+from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.jpq import JPQEmbedding
+
+
+def run_cli(args, cwd):
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--model=Nope"], "model 'Nope' is not a RecBole model; close names: "),
+    (["--model=lightgcn"], "RecBole's name is 'LightGCN'"),
+    (["--dataset=no-such-data"], "dataset 'no-such-data' is neither a folder"),
+    (["--nproc=0"], "--nproc=0 is invalid; it must be 1 or more"),
+    (["--nproc=-1"], "--nproc=-1 is invalid; it must be 1 or more"),
+    (["--jpq", "--jpq_ksub=100000"], "jpq_ksub=100000 is invalid; it must be an integer in [2, MAX_KSUB=65536]"),
+])
+def test_recbole_cli_refuses_before_writing_anything(tmp_path, argv, says):
+    (tmp_path / "mine.txt").write_text("keep")
+    before = snapshot(tmp_path)
+    proc = run_cli(["urecjpq-recbole", *argv], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("urecjpq-recbole: error: ") and says in line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--jpq_ksub=2000"], "jpq_ksub=2000 is larger than the 944 rows of the table; a compressed table would outgrow "
+                          "the original: use jpq_ksub <= 944"),
+    (["--jpq_M=7"], "embedding size 64 of "),
+])
+def test_error_after_recbole_opened_its_log_ends_that_log(tmp_path, argv, line):
+    proc = run_cli(["urecjpq-recbole", "--model=BPR", "--jpq", *argv, "--show_progress=False"], tmp_path)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"urecjpq-recbole: error: {line}"), last
+    assert "Traceback" not in proc.stderr
+    (log,) = (tmp_path / "log").rglob("*.log")
+    assert log.read_text().strip().splitlines()[-1] == last
+    assert not (tmp_path / "saved").exists()  # no checkpoint
+
+
+def test_float_codes_and_bad_ksub_are_refused_by_name():
+    with pytest.raises(URecJPQError, match="codes have dtype float32; give integer sub-ids"):
+        JPQEmbedding(torch.full((300, 8), 0.5), 256, 64)
+    with pytest.raises(URecJPQError, match=r"^ksub=0 is out of range"):
+        JPQEmbedding(torch.zeros(300, 8, dtype=torch.long), 0, 64)
+    with pytest.raises(URecJPQError, match="jpq_ksub=256 is larger than the 10 rows"):
+        JPQEmbedding(torch.zeros(10, 8, dtype=torch.long), 256, 64)
+
+
+@pytest.fixture
+def truncated(tmp_path):
+    """A real checkpoint cut in half, as an interrupted copy leaves it."""
+    whole = tmp_path / "whole.pth"
+    torch.save({"state_dict": {"w": torch.randn(100, 100)}, "config": {}}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
+
+
+@pytest.mark.parametrize("command", [["export", "--table", "item_embedding", "--out", "x.index"],
+                                     ["compress", "--out", "y.pth"]])
+def test_commands_answer_a_truncated_checkpoint_in_one_line(tmp_path, truncated, command):
+    before = snapshot(tmp_path)
+    proc = run_cli(["urecjpq", command[0], str(truncated), *command[1:]], tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"{str(truncated)!r} is not a readable torch checkpoint" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_load_data_and_model_and_mmrec_eval_answer_the_same_way(truncated):
+    from urecjpq_plugin.hosts import mmrec, recbole
+
+    messages = []
+    for load in (recbole.load_data_and_model, mmrec.evaluate_checkpoint):
+        with pytest.raises(CheckpointFileError) as err:
+            load(str(truncated))
+        messages.append(str(err.value).split(";")[0])
+    assert messages[0] == messages[1] and "is not a readable torch checkpoint" in messages[0]
