@@ -8,8 +8,77 @@ import os
 import pytest
 import torch
 
-from urecjpq_plugin.compress import CompressError, main, quantize_table
+from torch import nn
+
+from urecjpq_plugin import JPQConfigError, URecJPQError, jpq_state_dict, load_jpq, unload_jpq
+from urecjpq_plugin.compress import CompressError, quantize_model, quantize_table
 from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.pq import ProductQuantizer, relative_error
+
+
+def main(argv):
+    from urecjpq_plugin.hosts.recbole_compress import main as compress_main
+
+    return compress_main(argv)
+
+
+def test_product_quantizer_round_trips_a_product_table_and_reports_the_norm_ratio_error():
+    torch.manual_seed(0)
+    M, ksub, d = 4, 16, 16
+    centroids = torch.randn(M, ksub, d // M)
+    codes = torch.stack([torch.randperm(400) % ksub for _ in range(M)], dim=1)
+    table = torch.cat([centroids[k, codes[:, k]] for k in range(M)], dim=1)
+    pq = ProductQuantizer(d, M, ksub, seed=0).train(table)
+    assert pq.centroids.shape == (M, ksub, d // M) and pq.encode(table).shape == (400, M)
+    torch.testing.assert_close(pq.decode(pq.encode(table)), table, rtol=0, atol=0)
+    assert pq.relative_error(table) == 0.0
+    noisy = table + 0.3 * torch.randn_like(table)
+    by_hand = ((pq.decode(pq.encode(noisy)) - noisy).norm() / noisy.norm()).item()  # not squared
+    assert pq.relative_error(noisy) == pytest.approx(by_hand, rel=1e-6) and 0 < by_hand < 1
+    assert relative_error(noisy, noisy) == 0.0
+
+
+def test_product_quantizer_refuses_bad_input_in_one_line():
+    with pytest.raises(JPQConfigError, match="d=10 should be a multiple of M=4"):
+        ProductQuantizer(10, 4, 16)
+    pq = ProductQuantizer(8, 2, 4)
+    with pytest.raises(JPQConfigError, match="not trained; call train"):
+        pq.encode(torch.randn(5, 8))
+    with pytest.raises(JPQConfigError, match=r"vectors have shape \(5, 6\); this quantiser takes \[N, 8\]"):
+        pq.train(torch.randn(5, 6))
+
+
+class Trained(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user_embedding = nn.Embedding(120, 16, padding_idx=0)
+        self.item_vectors = nn.Parameter(torch.randn(300, 16))
+
+    def forward(self, u, i):
+        return (self.user_embedding(u) * self.item_vectors[i]).sum(-1)
+
+
+def test_quantize_model_swaps_the_kmeans_quantisation_in_like_apply_jpq():
+    torch.manual_seed(0)
+    model = Trained()
+    tables = {"user": model.user_embedding.weight.detach().clone(), "item": model.item_vectors.detach().clone()}
+    report, lines = quantize_model(model, {"user": 120, "item": 300}, M=4, ksub=16, seed=3, iters=5)
+    assert report.code_assign == "kmeans" and len(lines) == 2 and all("relative reconstruction error" in x for x in lines)
+    codes, centroids = quantize_table(tables["item"], 4, 16, seed=3, iters=5)
+    assert torch.equal(model.item_vectors_jpq.codes, codes)
+    decoded = JPQEmbedding.from_centroids(codes, centroids).weight.detach()
+    torch.testing.assert_close(model.item_vectors, decoded)
+    assert f"{relative_error(tables['item'], decoded):.3f}" in lines[1]
+    assert torch.equal(model.user_embedding.weight[0], torch.zeros(16))  # padding row stays zero
+    u, i = torch.arange(1, 9), torch.arange(8)
+    state = jpq_state_dict(model)
+    twin = Trained()
+    load_jpq(twin, state)
+    torch.testing.assert_close(twin(u, i), model(u, i), rtol=0, atol=0)
+    expected = model(u, i).detach()
+    unload_jpq(model)
+    assert type(model) is Trained and isinstance(model.item_vectors, nn.Parameter)
+    torch.testing.assert_close(model(u, i), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("n,d,M,ksub,padding_idx", [(16, 8, 2, 16, None), (500, 32, 4, 16, None), (300, 16, 8, 256, 0)])
@@ -142,7 +211,7 @@ def test_compress_checkpoint_loads_with_the_plugin_and_keeps_other_weights(train
     assert open(out, "rb").read() == written
     with pytest.raises(CompressError, match="already JPQ"):
         main([out, "--out", str(tmp_path / "twice.pth")])
-    with pytest.raises(CompressError, match="does not exist"):
+    with pytest.raises(URecJPQError, match="does not exist"):
         main([str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.pth")])
     assert not (tmp_path / "twice.pth").exists() and not (tmp_path / "x.pth").exists()
 

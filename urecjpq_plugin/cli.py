@@ -11,7 +11,7 @@ from .config import URecJPQError
 COMMANDS = {
     "bench": ("urecjpq_plugin.bench.run", "train models with and without jpq and report the difference"),
     "bench-scale": ("urecjpq_plugin.bench.scale", "synthetic 10^4..10^7-ID memory/speed comparison"),
-    "compress": ("urecjpq_plugin.compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
+    "compress": ("urecjpq_plugin.hosts.recbole_compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
     "export": ("urecjpq_plugin.export", "export a JPQ item table to a faiss IndexPQ for serving"),
     "mmrec-data": ("urecjpq_plugin.data.mmrec_dataset", "make an MMRec dataset from RecBole's ml-100k"),
 }

@@ -1,0 +1,164 @@
+"""``urecjpq compress``: turn a trained, uncompressed RecBole checkpoint into a JPQ one.
+
+    urecjpq compress saved/BPR-Jan-01-2025_00-00-00.pth --out bpr-jpq.pth --M 8 --ksub 256
+    urecjpq compress CHECKPOINT --out OUT --finetune-epochs 10
+
+The model is rebuilt as it was trained (uncompressed) and its weights loaded; then every ID table the
+plugin would compress (same rule as ``jpq: true`` at build time, ``--targets`` user,item by default)
+is replaced by its product quantisation (:func:`urecjpq_plugin.compress.quantize_model`: per split,
+k-means of the trained sub-vectors gives the codes and the sub-embeddings). All other weights stay.
+With ``--finetune-epochs N`` RecBole's own trainer continues from the compressed start on the same
+data split (the best validation epoch is kept, as in RecBole). The output is a RecBole checkpoint
+whose config says ``jpq: True``; ``load_data_and_model`` loads it once the plugin is active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from logging import getLogger
+from typing import Any, Sequence
+
+import torch
+
+from ..compress import CompressError, quantize_model
+from ..config import JPQConfig, jpq_enabled, parse_list
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="urecjpq compress", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="RecBole checkpoint (.pth) of a model trained without jpq")
+    p.add_argument("--out", required=True, help="where to write the JPQ checkpoint (must not exist)")
+    p.add_argument("--M", type=int, default=JPQConfig.M, help="splits per code (default %(default)s)")
+    p.add_argument("--ksub", type=int, default=JPQConfig.ksub, help="sub-ids per split (default %(default)s)")
+    p.add_argument("--targets", default="user,item", help="tables to compress: user, item or both (default %(default)s)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="RecBole training epochs after compression")
+    p.add_argument("--kmeans-iters", type=int, default=25, help="k-means iterations per split")
+    p.add_argument("--seed", type=int, default=None, help="k-means seed (default: the checkpoint's seed)")
+    return p.parse_args(argv)
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a RecBole checkpoint (pickled Config inside, hence ``weights_only=False``)."""
+    from ..checkpoint_file import read_checkpoint_file
+
+    if os.path.isfile(path):
+        import recbole.config  # noqa: F401  (unpickling the Config needs RecBole importable)
+    return read_checkpoint_file(path, needs=("config", "state_dict"), written_by="a RecBole trainer")
+
+
+def check_not_jpq(checkpoint: dict, path: str) -> None:
+    jpq_keys = [k for k in checkpoint["state_dict"] if k.endswith(".sub_embeddings")]
+    if jpq_keys or jpq_enabled(checkpoint["config"]):
+        raise CompressError(
+            f"checkpoint {path!r} is already JPQ-compressed ({', '.join(jpq_keys[:2]) or 'jpq: True'}); "
+            "give one trained without jpq"
+        )
+
+
+def _save(path: str, config: Any, model: torch.nn.Module, epoch: int) -> None:
+    """Same layout as RecBole's ``Trainer._save_checkpoint`` (without optimizer state)."""
+    state = {
+        "config": config,
+        "epoch": epoch,
+        "cur_step": 0,
+        "best_valid_score": None,
+        "state_dict": model.state_dict(),
+        "other_parameter": model.other_parameter(),
+    }
+    torch.save(state, path, pickle_protocol=4)
+
+
+def compress_checkpoint(
+    checkpoint_path: str,
+    out: str,
+    M: int = JPQConfig.M,
+    ksub: int = JPQConfig.ksub,
+    targets: Sequence[str] = ("user", "item"),
+    finetune_epochs: int = 0,
+    seed: int | None = None,
+    kmeans_iters: int = 25,
+) -> dict:
+    """Write ``out``; return ``{"out", "tables" (one line each), "finetune_epochs"}``. Checks run first."""
+    if os.path.exists(out):
+        raise CompressError(f"--out {out!r} already exists; choose a new path (nothing is overwritten)")
+    if finetune_epochs < 0:
+        raise CompressError(f"--finetune-epochs={finetune_epochs} is invalid; it must be 0 or more")
+    if kmeans_iters < 1:
+        raise CompressError(f"--kmeans-iters={kmeans_iters} is invalid; it must be 1 or more")
+    jcfg = JPQConfig(M=M, ksub=ksub, code_assign="random", targets=tuple(targets))
+    if jcfg.feature_targets:
+        raise CompressError(f"--targets {list(jcfg.feature_targets)} are not ID tables; valid: user, item")
+    checkpoint = read_checkpoint(checkpoint_path)
+    check_not_jpq(checkpoint, checkpoint_path)
+    config = checkpoint["config"]
+    seed = config["seed"] if seed is None else seed
+
+    from . import recbole as host
+
+    host.activate()
+    from recbole.data import create_dataset, data_preparation
+    from recbole.quick_start import quick_start
+    from recbole.utils import init_logger, init_seed
+
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, _ = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    # The model as it was trained (uncompressed), with its weights; then its ID tables are quantised.
+    model = quick_start.get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    counts = {"user": train_data._dataset.user_num, "item": train_data._dataset.item_num}
+    _, lines = quantize_model(model, counts, M, ksub, jcfg.targets, seed=seed, iters=kmeans_iters)
+    from .recbole_topk import install_pq_full_sort
+
+    install_pq_full_sort(model)  # as a model built with jpq: true
+    # How the host rebuilds it: random placeholder codes at build, overwritten by load_state_dict.
+    for key, value in (("jpq", True), ("jpq_M", M), ("jpq_ksub", ksub), ("jpq_code_assign", "random"),
+                       ("jpq_targets", list(jcfg.targets))):
+        config[key] = value
+    logger = getLogger()
+    for line in lines:
+        logger.info(f"urecjpq compress: {line}")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if finetune_epochs == 0:
+        _save(out, config, model, checkpoint.get("epoch", -1))
+    else:
+        _finetune(config, model, train_data, valid_data, finetune_epochs, out)
+    return {"out": out, "tables": lines, "finetune_epochs": finetune_epochs}
+
+
+def _finetune(config: Any, model: torch.nn.Module, train_data: Any, valid_data: Any, epochs: int, out: str) -> None:
+    """RecBole's trainer from the compressed start; it writes its best-validation checkpoint to ``out``."""
+    from recbole.utils import get_trainer, init_seed
+
+    config["epochs"] = epochs
+    config["checkpoint_dir"] = os.path.dirname(os.path.abspath(out))
+    init_seed(config["seed"], config["reproducibility"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.saved_model_file = out
+    trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
+    if not os.path.exists(out):  # no validation ran within the epochs (eval_step > epochs)
+        _save(out, config, model, epochs - 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    result = compress_checkpoint(
+        args.checkpoint,
+        args.out,
+        M=args.M,
+        ksub=args.ksub,
+        targets=parse_list(args.targets),
+        finetune_epochs=args.finetune_epochs,
+        seed=args.seed,
+        kmeans_iters=args.kmeans_iters,
+    )
+    for line in result["tables"]:
+        print(line)
+    print(f"wrote {result['out']} ({os.path.getsize(result['out']):,} bytes)")
+    return 0
