@@ -4,7 +4,17 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import svds
 
-from urecjpq_plugin.codes import feature_codes, kmeans_codes, quantile_bin, random_codes, randomized_svd, svd_codes
+from urecjpq_plugin.codes import (
+    distinct_code_fraction,
+    distinct_codes,
+    feature_codes,
+    kmeans_codes,
+    quantile_bin,
+    random_codes,
+    randomized_svd,
+    svd_codes,
+)
+from urecjpq_plugin.features import feature_id_codes
 
 
 def interactions(n_users=400, n_items=300, density=0.05, seed=0):
@@ -100,3 +110,113 @@ def test_kmeans_recovers_a_table_built_from_centroids(n, d, M, ksub):
     codes, found = kmeans_codes(table, M, ksub, seed=0, iters=30)
     decoded = torch.cat([found[k, codes[:, k].long()] for k in range(M)], dim=1)
     assert torch.allclose(decoded, table, atol=1e-4)
+
+
+# -- distinct codes on data full of ties ---------------------------------------------------------
+def tied_interactions(n_users=300, n_items=600, seed=0):
+    """Items 0-199 never interacted with (cold); 200-299 each have the same single user; 300-349
+    duplicate the columns of 350-399; the rest random. Users 250-299 have no interactions."""
+    rng = np.random.default_rng(seed)
+    X = sp.lil_matrix((n_users, n_items), dtype=np.float32)
+    X[7, 200:300] = 1.0
+    block = rng.random((n_users, 300)) < 0.03
+    X[:, 300:] = block
+    X[:, 300:350] = X[:, 350:400]
+    X[250:, :] = 0.0
+    return sp.csr_matrix(X)
+
+
+def tied_features(n=600, dim=16, seed=0):
+    """Half the rows copies of 20 distinct rows, a tenth all zero."""
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, dim)).astype(np.float32)
+    feats[: n // 2] = feats[rng.integers(0, 20, n // 2) + n // 2]
+    feats[n // 2 : n // 2 + n // 10] = 0.0
+    return feats
+
+
+def assignments(M, ksub, seed):
+    X, feats = tied_interactions(), tied_features()
+    yield "svd", svd_codes(X, M, ksub, seed)[1]
+    yield "svd users", svd_codes(X, M, ksub, seed)[0]
+    yield "features", feature_codes(feats, M, ksub, seed)
+    for mode in ("features", "features_svd"):
+        yield f"{mode} ids", feature_id_codes(feats, X, M, ksub, seed, mode)[1]
+    yield "random", random_codes(600, M, ksub, seed)
+
+
+def test_tied_inputs_break_ties_per_split_before_any_repair():
+    # Without a per-split tie-break, the 200 cold items would fall in the same bin in every split.
+    raw = svd_codes(tied_interactions(), 8, 16, 0, distinct=False)[1]
+    assert distinct_code_fraction(raw[:200]) > 0.9
+    for k in range(8):
+        counts = torch.bincount(raw[:, k].long(), minlength=16)
+        assert counts.max() - counts.min() <= 1
+
+
+@pytest.mark.parametrize("M,ksub", [(8, 16), (4, 8), (2, 25)])
+def test_every_assignment_gives_distinct_codes_on_tied_data(M, ksub):
+    for name, codes in assignments(M, ksub, seed=3):
+        n = 300 if name == "svd users" else 600
+        assert codes.shape == (n, M), name
+        assert len(np.unique(codes.numpy(), axis=0)) == n, name
+        assert distinct_code_fraction(codes) == 1.0, name
+        for k in range(M if name != "random" else 0):  # repairs move few IDs: bins stay nearly balanced
+            counts = torch.bincount(codes[:, k].long(), minlength=ksub).float()
+            assert counts.max() - counts.min() <= 0.5 * n / ksub + 2, (name, k)
+
+
+def test_distinct_assignments_are_seeded():
+    for (name, a), (_, b), (_, c) in zip(assignments(4, 16, 0), assignments(4, 16, 0), assignments(4, 16, 1)):
+        assert torch.equal(a, b), name
+        assert not torch.equal(a, c), name
+
+
+def test_more_ids_than_codes_share_as_few_as_possible(caplog):
+    with caplog.at_level("WARNING", logger="urecjpq_plugin"):
+        codes = random_codes(300, 4, 4, seed=0)  # 4**4 = 256 codes for 300 IDs
+    assert len(np.unique(codes.numpy(), axis=0)) == 256
+    assert distinct_code_fraction(codes) == 256 / 300
+    assert "share their code" in caplog.text
+    _, items = svd_codes(tied_interactions(), 4, 4, 0)
+    assert distinct_code_fraction(items) == 256 / 600
+
+
+def test_repair_moves_a_collision_to_a_neighbouring_sub_id():
+    codes = np.array([[3, 5, 7], [3, 5, 7], [3, 5, 7], [0, 0, 0]], dtype=np.uint8)
+    fixed = distinct_codes(codes, 16).numpy()
+    assert (fixed[0] == codes[0]).all() and (fixed[3] == codes[3]).all()  # lowest ID keeps its code
+    assert len(np.unique(fixed, axis=0)) == 4
+    for row in fixed[1:3]:
+        changed = np.flatnonzero(row != codes[0])
+        assert len(changed) == 1 and abs(int(row[changed[0]]) - int(codes[0, changed[0]])) == 1
+
+
+def test_repair_fills_a_nearly_full_code_space():
+    # 2 splits x 4 sub-ids = 16 codes for 16 IDs, all starting on the same code: the one-split
+    # neighbourhood runs out, the rest of the space must still be used.
+    fixed = distinct_codes(np.zeros((16, 2), dtype=np.uint8), 4)
+    assert len(np.unique(fixed.numpy(), axis=0)) == 16
+    # 1000 equal rows, 3 x 127 one-split neighbours, a large space (128**3): the rest go anywhere free.
+    fixed = distinct_codes(np.zeros((1000, 3), dtype=np.uint8), 128, seed=1)
+    assert len(np.unique(fixed.numpy(), axis=0)) == 1000
+
+
+def test_distinct_code_fraction_counts_rows():
+    assert distinct_code_fraction(torch.tensor([[1, 2], [1, 2], [2, 1], [0, 0]])) == 0.75
+    assert distinct_code_fraction(np.zeros((0, 3), dtype=np.uint8)) == 1.0
+
+
+@pytest.mark.parametrize("n,ksub", [(50_000, 256), (3_000, 7)])
+def test_quantile_bins_match_ranking_by_value(n, ksub):
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.standard_normal(n - n // 4), np.zeros(n // 8), np.full(n // 8, 0.25)])
+    values = values[rng.permutation(n)].astype(np.float32)[:, None]
+    codes = quantile_bin(values, ksub, seed=5)[:, 0].numpy().astype(np.int64)
+    assert np.all(np.diff(codes[np.lexsort((codes, values[:, 0]))]) >= 0)  # bins follow the values
+    order = np.argsort(values[:, 0], kind="stable")
+    untied = ~np.isin(values[:, 0], [0.0, 0.25])
+    reference = np.empty(n, dtype=np.int64)
+    reference[order] = np.arange(n) * ksub // n
+    assert np.array_equal(codes[untied], reference[untied])
+    assert np.bincount(codes, minlength=ksub).ptp() <= 1

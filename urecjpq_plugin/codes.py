@@ -8,6 +8,9 @@ unsigned dtype that holds ``ksub`` values (:func:`code_dtype`).
                          per component quantile-binning into ``ksub`` equal-size bins.
 - :func:`feature_codes`  PCA of (normalised) side features, binned the same way.
 - :func:`kmeans_codes`   per-split k-means of given vectors (product quantisation), with centroids.
+
+Binning breaks ties randomly per split, and random, SVD and feature codes then go through
+:func:`distinct_codes` (:mod:`.distinct`), so no two IDs share a whole code while ``ksub**M`` allows.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .config import JPQConfigError
+from .config import MAX_KSUB, JPQConfigError
+from .distinct import distinct_code_fraction, distinct_codes, make_distinct  # noqa: F401 (public here too)
 
 _CHUNK = 1 << 20  # rows per block in the SVD's chunked draws and Gram sums
 _UNSIGNED = ((2**8, torch.uint8), (2**16, torch.uint16), (2**32, torch.uint32))
+_BUCKET_BITS = 20  # quantile_bin's first pass: up to 2^20 buckets by the values' top bits
 
 
 def code_dtype(ksub: int) -> torch.dtype:
@@ -27,12 +32,16 @@ def code_dtype(ksub: int) -> torch.dtype:
     for limit, dtype in _UNSIGNED:
         if 2 <= ksub <= limit:
             return dtype
-    raise JPQConfigError(f"ksub={ksub} is out of range; it must be in [2, {2**32}]")
+    raise JPQConfigError(f"ksub={ksub!r} is out of range; it must be an integer in [2, {MAX_KSUB}]")
 
 
 def as_codes(codes: np.ndarray | torch.Tensor, ksub: int) -> torch.Tensor:
     """Check range and cast to :func:`code_dtype`."""
+    dtype = code_dtype(ksub)  # first: a bad ksub is named as such, not as out-of-range codes
     codes = torch.as_tensor(codes)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise JPQConfigError(f"codes have dtype {str(codes.dtype).replace('torch.', '')}; give integer sub-ids "
+                             f"in [0, {ksub}) (a float such as 0.5 would be silently truncated)")
     if codes.ndim != 2:
         raise JPQConfigError(f"codes must have shape [N, M]; got {tuple(codes.shape)}")
     if codes.numel():
@@ -41,13 +50,23 @@ def as_codes(codes: np.ndarray | torch.Tensor, ksub: int) -> torch.Tensor:
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= ksub:
             raise JPQConfigError(f"codes hold values in [{low}, {high}]; valid sub-ids are [0, {ksub})")
-    return codes.to(code_dtype(ksub))
+    return codes.to(dtype)
 
 
-def random_codes(n: int, M: int, ksub: int, seed: int) -> torch.Tensor:
-    """Uniform random sub-ids, ``[n, M]``."""
-    rng = np.random.default_rng(seed)
-    return as_codes(rng.integers(0, ksub, size=(n, M)), ksub)
+def _numpy_dtype(ksub: int) -> np.dtype:
+    return torch.empty(0, dtype=code_dtype(ksub)).numpy().dtype
+
+
+def _random_subids(n: int, M: int, ksub: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, ksub, size=(n, M), dtype=_numpy_dtype(ksub))
+
+
+def random_codes(n: int, M: int, ksub: int, seed: int, distinct: bool = True) -> torch.Tensor:
+    """Uniform random sub-ids, ``[n, M]``; with ``distinct``, draws that collide are moved apart."""
+    codes = _random_subids(n, M, ksub, seed)
+    if distinct:
+        make_distinct(codes, ksub, seed)
+    return torch.from_numpy(codes)
 
 
 def _gram(Y: np.ndarray) -> np.ndarray:
@@ -117,60 +136,122 @@ def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = 7, oversampl
     return U, s, Vt
 
 
-def quantile_bin(components: np.ndarray, ksub: int) -> torch.Tensor:
+def _split_seeds(seed: int, count: int) -> list[int]:
+    """Independent 32-bit seeds, one per split."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
+
+
+def _mix32(x: np.ndarray) -> np.ndarray:
+    """A bijection of uint32 (lowbias32): turns IDs into a collision-free, random-looking order."""
+    x = x ^ (x >> np.uint32(16))
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def _sortable(values: np.ndarray) -> np.ndarray:
+    """uint32 keys in the order of the float32 values (-0.0 and 0.0 equal)."""
+    floats = np.add(values, np.float32(0.0), dtype=np.float32)  # a contiguous copy; -0.0 becomes 0.0
+    flip = (floats.view(np.int32) >> np.int32(31)).view(np.uint32)  # all ones for negatives
+    flip |= np.uint32(0x80000000)
+    key = floats.view(np.uint32)
+    key ^= flip
+    return key
+
+
+def _bin_column(values: np.ndarray, ksub: int, seed: int, out: np.ndarray) -> None:
+    """``out[i] = rank(i) * ksub // n``, ranking by value and breaking ties by a seeded random order.
+
+    Without a full sort: values go into buckets by their top bits (up to 2^20, ~4n); a bucket whose
+    ranks all fall in one bin gives that bin directly, and only buckets that straddle a bin edge are sorted.
+    """
+    n = values.shape[0]
+    bits = min(_BUCKET_BITS, max(8, n.bit_length() + 2))
+    key = _sortable(values)
+    bucket = key >> np.uint32(32 - bits)
+    counts = np.bincount(bucket, minlength=1 << bits)
+    start = np.concatenate(([0], np.cumsum(counts)))  # rank of each bucket's first value
+    first_bin = start[:-1] * ksub // n
+    straddles = (start[1:] - 1) * ksub // n > first_bin
+    out[:] = first_bin.astype(out.dtype)[bucket]
+    inside = np.flatnonzero(straddles[bucket])
+    if inside.size:
+        tie_break = _mix32(inside.astype(np.uint32) + np.uint32(seed)).astype(np.uint64)
+        inside = inside[np.argsort((key[inside].astype(np.uint64) << np.uint64(32)) | tie_break)]
+        sorted_before = np.concatenate(([0], np.cumsum(counts * straddles)))[:-1]
+        ranks = np.arange(inside.size) + (start[:-1] - sorted_before)[bucket[inside]]
+        out[inside] = ranks * ksub // n
+
+
+def quantile_bin(components: np.ndarray, ksub: int, seed: int = 0) -> torch.Tensor:
     """Per column, rank the values and cut into ``ksub`` equal-count bins, straight into the code dtype.
 
-    Equivalent to RecJPQ's min-max normalise + noise + quantile bins; ranking with a stable sort
-    breaks ties by ID instead of by noise, so bins are balanced (sizes differ by at most 1).
+    Ties are broken by a seeded random order drawn afresh for every column, as RecJPQ's noise does:
+    IDs whose components tie (no interactions, the same single user, duplicated rows) then land in
+    independent bins per split instead of sharing their whole code. Breaking ties by ID would put
+    them in the same bin in every split. Bins are balanced (sizes differ by at most 1). Values are
+    ranked as float32.
     """
     n, M = components.shape
-    dtype = torch.empty(0, dtype=code_dtype(ksub)).numpy().dtype
-    codes = np.empty((n, M), dtype=dtype)
-    ranks = np.empty(n, dtype=np.int64)
-    for k in range(M):
-        order = np.argsort(components[:, k], kind="stable")
-        ranks[order] = np.arange(n)
-        codes[:, k] = ranks * ksub // max(n, 1)
-        del order
+    if n >= 2**32:
+        raise JPQConfigError(f"{n} rows is too many to bin; at most {2**32 - 1} are supported")
+    codes = np.empty((n, M), dtype=_numpy_dtype(ksub))
+    if n:
+        for k, split_seed in enumerate(_split_seeds(seed, M)):
+            _bin_column(components[:, k], ksub, split_seed, codes[:, k])
     return torch.from_numpy(codes)
 
 
-def _components_or_random(components: np.ndarray, n: int, M: int, ksub: int, seed: int) -> torch.Tensor:
+def _components_or_random(components: np.ndarray, n: int, M: int, ksub: int, seed: int) -> np.ndarray:
     """Bin the available components; splits beyond them (tiny matrices) get random sub-ids."""
-    codes = quantile_bin(components, ksub) if components.shape[1] else torch.empty(n, 0, dtype=torch.long)
+    codes = quantile_bin(components, ksub, seed).numpy()
     if codes.shape[1] < M:
-        extra = random_codes(n, M - codes.shape[1], ksub, seed)
-        codes = torch.cat([codes.to(extra.dtype), extra], dim=1)
-    return codes.to(code_dtype(ksub))
+        codes = np.concatenate([codes, _random_subids(n, M - codes.shape[1], ksub, seed)], axis=1)
+    return codes
 
 
-def svd_codes(interactions: sp.spmatrix, M: int, ksub: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def svd_codes(
+    interactions: sp.spmatrix, M: int, ksub: int, seed: int, distinct: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RecJPQ's SVD assignment for users *and* items from one user x item training matrix.
 
     Item codes come from the item-side singular vectors (rows of ``Vt``), user codes from the
-    user-side ones (columns of ``U``), neither scaled by the singular values.
+    user-side ones (columns of ``U``), neither scaled by the singular values. With ``distinct``,
+    no two IDs of a table share their whole code (:func:`distinct_codes`).
     Returns ``(user_codes [n_users, M], item_codes [n_items, M])``.
     """
     n_users, n_items = interactions.shape
     k = min(M, min(n_users, n_items) - 1)
     if k < 1 or interactions.nnz == 0:
-        return random_codes(n_users, M, ksub, seed), random_codes(n_items, M, ksub, seed + 1)
+        return (random_codes(n_users, M, ksub, seed, distinct), random_codes(n_items, M, ksub, seed + 1, distinct))
     U, _, Vt = randomized_svd(interactions, k, seed)
     user_codes = _components_or_random(U, n_users, M, ksub, seed)
+    del U
     item_codes = _components_or_random(Vt.T, n_items, M, ksub, seed + 1)
-    return user_codes, item_codes
+    if distinct:
+        make_distinct(user_codes, ksub, seed)
+        make_distinct(item_codes, ksub, seed + 1)
+    return torch.from_numpy(user_codes), torch.from_numpy(item_codes)
 
 
-def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int) -> torch.Tensor:
-    """Codes from side features: L2-normalise rows, PCA to ``M`` components, quantile-bin each."""
+def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int, distinct: bool = True) -> torch.Tensor:
+    """Codes from side features: L2-normalise rows, PCA to ``M`` components, quantile-bin each.
+
+    With ``distinct``, no two rows share their whole code (:func:`distinct_codes`).
+    """
     X = np.asarray(features, dtype=np.float32)
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     X = X - X.mean(axis=0, keepdims=True)
     k = min(M, min(X.shape) - 1)
     if k < 1:
-        return random_codes(X.shape[0], M, ksub, seed)
+        return random_codes(X.shape[0], M, ksub, seed, distinct)
     U, _, _ = randomized_svd(sp.csr_matrix(X), k, seed)
-    return _components_or_random(U, X.shape[0], M, ksub, seed)
+    codes = _components_or_random(U, X.shape[0], M, ksub, seed)
+    if distinct:
+        make_distinct(codes, ksub, seed)
+    return torch.from_numpy(codes)
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:

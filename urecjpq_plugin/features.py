@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .codes import code_dtype, feature_codes, kmeans_codes, svd_codes
+from .codes import code_dtype, feature_codes, kmeans_codes, make_distinct, svd_codes
 from .config import JPQConfigError
 from .jpq import JPQEmbedding
 
@@ -122,7 +122,8 @@ def feature_id_codes(
 
     ``item_features [n_items, f]`` (e.g. :func:`normalised_concat`), ``interactions`` the user x item
     *training* matrix. ``features_svd``: the first ``ceil(M/2)`` splits from features, the rest
-    from :func:`codes.svd_codes`.
+    from :func:`codes.svd_codes`. Either way no two IDs of a table share their whole code while
+    ``ksub**M`` allows (:func:`codes.distinct_codes`, applied to the joined codes).
     """
     if mode not in ("features", "features_svd"):
         raise JPQConfigError(f"mode={mode!r} is not a feature code assignment; valid: features, features_svd")
@@ -131,10 +132,13 @@ def feature_id_codes(
         raise JPQConfigError(f"item features have {item_features.shape[0]} rows; the interaction matrix has {n_items} items")
     m_feat = M if mode == "features" else (M + 1) // 2
     users = user_mean_features(interactions, item_features)
-    item_codes = feature_codes(item_features, m_feat, ksub, seed + 1)
-    user_codes = feature_codes(users, m_feat, ksub, seed)
-    if m_feat < M:
-        u_svd, i_svd = svd_codes(interactions, M - m_feat, ksub, seed)
-        user_codes = torch.cat([user_codes, u_svd.to(user_codes.dtype)], dim=1)
-        item_codes = torch.cat([item_codes, i_svd.to(item_codes.dtype)], dim=1)
+    mixed = m_feat < M
+    item_codes = feature_codes(item_features, m_feat, ksub, seed + 1, distinct=not mixed)
+    user_codes = feature_codes(users, m_feat, ksub, seed, distinct=not mixed)
+    if mixed:
+        u_svd, i_svd = svd_codes(interactions, M - m_feat, ksub, seed, distinct=False)
+        user_codes = torch.cat([user_codes, u_svd], dim=1)
+        item_codes = torch.cat([item_codes, i_svd], dim=1)
+        make_distinct(user_codes.numpy(), ksub, seed)  # in place: the tensors share the memory
+        make_distinct(item_codes.numpy(), ksub, seed + 1)
     return user_codes, item_codes
