@@ -220,3 +220,13 @@ def test_quantile_bins_match_ranking_by_value(n, ksub):
     reference[order] = np.arange(n) * ksub // n
     assert np.array_equal(codes[untied], reference[untied])
     assert np.bincount(codes, minlength=ksub).ptp() <= 1
+
+
+def test_hosts_log_the_distinct_code_fraction(caplog):
+    from urecjpq_plugin.codes import log_distinct_fractions
+
+    tables = {"user": torch.tensor([[1, 2], [1, 2]]), "item": torch.tensor([[0, 1], [1, 0]])}
+    with caplog.at_level("INFO", logger="urecjpq_plugin"):
+        assert log_distinct_fractions(tables) is tables
+    assert "user codes: distinct-code fraction 0.5000" in caplog.text
+    assert "item codes: distinct-code fraction 1.0000" in caplog.text

@@ -15,6 +15,8 @@ Binning breaks ties randomly per split, and random, SVD and feature codes then g
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -22,6 +24,7 @@ import torch
 from .config import MAX_KSUB, JPQConfigError
 from .distinct import distinct_code_fraction, distinct_codes, make_distinct  # noqa: F401 (public here too)
 
+logger = logging.getLogger("urecjpq_plugin")
 _CHUNK = 1 << 20  # rows per block in the SVD's chunked draws and Gram sums
 _UNSIGNED = ((2**8, torch.uint8), (2**16, torch.uint16), (2**32, torch.uint32))
 _BUCKET_BITS = 20  # quantile_bin's first pass: up to 2^20 buckets by the values' top bits
@@ -51,6 +54,14 @@ def as_codes(codes: np.ndarray | torch.Tensor, ksub: int) -> torch.Tensor:
         if low < 0 or high >= ksub:
             raise JPQConfigError(f"codes hold values in [{low}, {high}]; valid sub-ids are [0, {ksub})")
     return codes.to(dtype)
+
+
+def log_distinct_fractions(tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Log each code table's :func:`distinct_code_fraction` (INFO, logger ``urecjpq_plugin``); returns ``tables``."""
+    for name, codes in tables.items():
+        logger.info(f"urecjpq: {name} codes: distinct-code fraction {distinct_code_fraction(codes):.4f} "
+                    f"({codes.shape[0]:,} IDs)")
+    return tables
 
 
 def _numpy_dtype(ksub: int) -> np.dtype:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..codes import random_codes, svd_codes
+from ..codes import log_distinct_fractions, random_codes, svd_codes
 from ..config import JPQConfig, URecJPQError, jpq_enabled
 from ..features import FeatureSwap, check_feature_dim, feature_id_codes, normalised_concat, pq_feature_table
 from ..inject import (
@@ -188,7 +188,7 @@ def compute_codes(jcfg: JPQConfig, dataloader: Any, model: nn.Module, config: An
     else:
         features = normalised_concat(load_item_features(model, config))
         user, item = feature_id_codes(features, inter, jcfg.M, jcfg.ksub, jcfg.seed, jcfg.code_assign)
-    return {"user": user, "item": item}
+    return log_distinct_fractions({"user": user, "item": item})
 
 
 def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..codes import random_codes, svd_codes
+from ..codes import log_distinct_fractions, random_codes, svd_codes
 from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 from ..inject import count_trainable, find_id_tables, format_records, inject_jpq, jpq_modules, subclass_with
 
@@ -107,9 +107,11 @@ def compute_codes(config: JPQConfig, dataset: Any) -> dict[str, torch.Tensor]:
     if config.code_assign == "svd":
         inter = dataset.inter_matrix(form="csr").astype("float32")
         user, item = svd_codes(inter, config.M, config.ksub, config.seed)
-        return {"user": user, "item": item}
+        return log_distinct_fractions({"user": user, "item": item})
     if config.code_assign == "random":
-        return {e: random_codes(n[e], config.M, config.ksub, config.seed + i) for i, e in enumerate(n)}
+        return log_distinct_fractions(
+            {e: random_codes(n[e], config.M, config.ksub, config.seed + i) for i, e in enumerate(n)}
+        )
     raise JPQConfigError(
         f"jpq_code_assign={config.code_assign!r} needs multimodal item features, which the RecBole host "
         "does not have; use svd or random"
