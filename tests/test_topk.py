@@ -9,7 +9,11 @@ import torch
 
 from urecjpq_plugin.codes import random_codes
 from urecjpq_plugin.jpq import JPQEmbedding
-from urecjpq_plugin.topk import TopKError, pq_scores, topk_from_codes
+from urecjpq_plugin import topk_kernels
+from urecjpq_plugin.topk import TopKError, choose_method, pq_scores, scores_from_codes, topk_from_codes
+
+HAVE_FAISS = topk_kernels._faiss() is not None
+TOPK_METHODS = ["lut", "matmul", "auto"] + (["faiss"] if HAVE_FAISS else [])
 
 
 def make_table(n: int, d: int, M: int, ksub: int, seed: int = 0, padding_idx=None) -> JPQEmbedding:
@@ -37,7 +41,7 @@ def assert_same_topk(values, indices, scores, k):
 
 @pytest.mark.parametrize(
     "n,d,M,ksub,batch",
-    [(1, 8, 2, 4, 1), (500, 16, 4, 16, 3), (3000, 64, 8, 256, 7), (4097, 32, 8, 256, 1), (700, 16, 2, 1000, 4)],
+    [(4, 8, 2, 4, 1), (500, 16, 4, 16, 3), (3000, 64, 8, 256, 7), (4097, 32, 8, 256, 1), (1200, 16, 2, 1000, 4)],
 )
 def test_pq_scores_equal_decode_then_matmul(n, d, M, ksub, batch):
     table = make_table(n, d, M, ksub)
@@ -122,13 +126,89 @@ def test_exclusions_are_never_returned(form):
     assert_same_topk(values, indices, scores, k)
 
 
-def test_padding_item_scores_zero_in_topk_as_in_full_scores():
+@pytest.mark.parametrize("method", TOPK_METHODS)
+def test_padding_item_is_never_returned_even_when_it_would_rank_first(method):
     table = make_table(100, 8, 2, 8, padding_idx=0)
-    queries = -torch.ones(1, 8) * 1e3  # pushes every real item far below 0, so padding (0.0) ranks first
+    queries = -torch.ones(1, 8) * 1e3  # every real item far below 0, where the padding row (0.0) would rank first
     with torch.no_grad():
         table.sub_embeddings.abs_()
-        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 3, padding_idx=0)
-    assert indices[0, 0].item() == 0 and values[0, 0].item() == 0.0
+        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 99, padding_idx=0, method=method)
+    assert 0 not in indices[0].tolist()
+    scores = full_scores(table, queries)
+    scores[:, 0] = float("-inf")
+    assert_same_topk(values, indices, scores, 99)
+    with pytest.raises(TopKError, match=r"\[1, 99\]"):
+        topk_from_codes(queries, table.sub_embeddings, table.codes, 100, padding_idx=0, method=method)
+
+
+@pytest.mark.parametrize("method", TOPK_METHODS)
+@pytest.mark.parametrize(
+    "n,d,M,ksub,batch",
+    [(5000, 32, 8, 256, 1), (3000, 24, 3, 16, 2), (4000, 16, 4, 16, 5), (2000, 64, 8, 1024, 3), (70000, 16, 4, 256, 2)],
+)
+def test_every_method_gives_the_exact_topk_with_exclusions_and_padding(method, n, d, M, ksub, batch):
+    # Odd M, ksub below 256 (packed faiss codes / zero-padded pair tables), wide codes, several chunks.
+    table = make_table(n, d, M, ksub, seed=n, padding_idx=1)
+    queries = torch.randn(batch, d)
+    seen = [torch.randint(0, n, (60 * b,)) for b in range(batch)]
+    with torch.no_grad():
+        values, indices = topk_from_codes(
+            queries, table.sub_embeddings, table.codes, 20, exclude=seen, padding_idx=1, method=method
+        )
+    scores = full_scores(table, queries)
+    scores[:, 1] = float("-inf")
+    for row, items in enumerate(seen):
+        scores[row, items] = float("-inf")
+    assert_same_topk(values, indices, scores, 20)
+
+
+@pytest.mark.parametrize("method", ["lut", "matmul", "auto"])
+@pytest.mark.parametrize("n,d,M,ksub,batch", [(3000, 32, 8, 256, 1), (900, 24, 3, 16, 3), (70000, 16, 4, 64, 2), (5000, 8, 2, 4, 40)])
+def test_full_scores_equal_decode_then_matmul_with_a_zero_padding_column(method, n, d, M, ksub, batch):
+    table = make_table(n, d, M, ksub, seed=2, padding_idx=3)
+    queries = torch.randn(batch, d)
+    with torch.no_grad():
+        got = scores_from_codes(queries, table.sub_embeddings, table.codes, padding_idx=3, method=method)
+    torch.testing.assert_close(got, full_scores(table, queries), rtol=1e-5, atol=1e-5)
+    assert torch.all(got[:, 3] == 0)
+
+
+@pytest.mark.parametrize("batch", [1, 300])  # the scan and the matmul choice
+def test_score_keeps_gradients_when_training(batch):
+    table = make_table(500, 16, 4, 16)
+    queries = torch.randn(batch, 16)
+    table.score(queries).square().sum().backward()
+    got = table.sub_embeddings.grad.clone()
+    table.sub_embeddings.grad = None
+    (queries @ table.weight.T).square().sum().backward()
+    torch.testing.assert_close(got, table.sub_embeddings.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_FAISS, reason="faiss not importable")
+def test_faiss_scan_follows_training_updates_of_the_sub_embeddings():
+    table = make_table(3000, 32, 8, 256, seed=5)
+    queries = torch.randn(2, 32)
+    optimizer = torch.optim.SGD(table.parameters(), lr=1.0)
+    for _ in range(3):  # the cached quantiser must see every in-place optimiser step
+        with torch.no_grad():
+            values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 10, method="faiss")
+        assert_same_topk(values, indices, full_scores(table, queries), 10)
+        optimizer.zero_grad()
+        (table(torch.randint(0, 3000, (64,))) * torch.randn(64, 32)).sum().backward()
+        optimizer.step()
+    with torch.no_grad():
+        table.sub_embeddings.copy_(torch.randn_like(table.sub_embeddings))  # e.g. load_state_dict
+        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 10, method="faiss")
+    assert_same_topk(values, indices, full_scores(table, queries), 10)
+
+
+def test_dispatch_scans_for_one_query_and_uses_matmul_for_big_batches_at_small_dsub():
+    table = make_table(50000, 64, 8, 256)
+    one, many = torch.randn(1, 64), torch.randn(4096, 64)
+    assert choose_method(one, table.sub_embeddings, table.codes) in ("faiss", "lut")
+    assert choose_method(one, table.sub_embeddings, table.codes, allow_faiss=False) == "lut"
+    assert choose_method(many, table.sub_embeddings, table.codes) == "matmul"
+    assert choose_method(many, table.sub_embeddings, table.codes, full=True) == "matmul"
 
 
 @pytest.mark.parametrize(
@@ -140,6 +220,8 @@ def test_padding_item_scores_zero_in_topk_as_in_full_scores():
         ({"k": 5, "exclude": [[1], [100]]}, "item 100"),
         ({"k": 5, "exclude": sp.csr_matrix((2, 99))}, "expected"),
         ({"k": 5, "exclude": 3}, "not supported"),
+        ({"k": 5, "method": "fast"}, "method='fast'"),
+        ({"k": 5, "chunk_size": 0}, "chunk_size=0"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(kwargs, match):

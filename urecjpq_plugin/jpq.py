@@ -98,13 +98,18 @@ class JPQEmbedding(nn.Module):
         return out
 
     def score(self, queries: torch.Tensor) -> torch.Tensor:
-        """PQ scoring (PQTopK): ``queries [B, d]`` -> ``[B, num_embeddings]`` dot products, no decoded table."""
-        from .topk import pq_scores  # local import: topk builds on this module
+        """``queries [B, d]`` -> ``[B, num_embeddings]`` dot products with the rows (padding column 0).
 
-        return pq_scores(queries, self.sub_embeddings, self.codes, self.padding_idx)
+        No decoded table is kept: a lookup-table scan over the codes for few queries, chunked decode +
+        matmul for big batches, whichever :func:`~urecjpq_plugin.topk.scores_from_codes` measures cheaper.
+        """
+        from .topk import scores_from_codes  # local import: topk builds on this module
+
+        return scores_from_codes(queries, self.sub_embeddings, self.codes, self.padding_idx)
 
     def topk(self, queries: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` rows by dot product with ``queries [B, d]``, in bounded memory (chunked)."""
+        """Top-``k`` rows by dot product with ``queries [B, d]``, best first, never ``padding_idx`` nor an
+        ``exclude``d item; bounded memory (faiss/torch scan or chunked matmul, see ``topk_from_codes``)."""
         from .topk import topk_from_codes
 
         return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx)

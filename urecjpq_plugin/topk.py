@@ -1,12 +1,18 @@
-"""PQ scoring and top-k straight from codes (PQTopK), without a decoded ``[N, d]`` table.
+"""Top-k and full scores over a PQ/JPQ table straight from its codes, dispatched by measured cost.
 
-For queries ``q`` split into ``M`` parts, the lookup table ``S[k, b, j] = q_bk . C[k, j]`` costs
-``B*M*ksub*dsub`` multiply-adds; item ``i`` then scores ``sum_k S[k, b, g(i, k)]``: ``M`` gathers per
-item and query instead of ``d`` multiply-adds on a decoded row.
+Codes ``g [N, M]`` (uint8 for ``ksub <= 256``) and sub-embeddings ``C [M, ksub, dsub]`` give item ``i`` the
+row ``C[0, g(i, 0)] || ... || C[M-1, g(i, M-1)]``. Two ways to score queries ``q [B, d]`` against it:
 
-Items are processed in chunks: the uint8 codes of a chunk are widened to int64 there (a few hundred KiB,
-cache-resident), so no int64 copy of the codes is ever cached (it would be 640 MB at 10^7 x 8), and
-:func:`topk_from_codes` keeps only a running ``[B, k]`` top-k, never a ``[B, N]`` matrix.
+- **lookup-table scan**: ``S[k, b, j] = q_bk . C[k, j]`` (``B*M*ksub*dsub`` multiply-adds), then ``M``
+  table entries added per item and query. Cost ~ ``B * N * M``, independent of ``d``. faiss's
+  ``ProductQuantizer`` scan when faiss is importable, else a torch pair-table scan
+  (:mod:`urecjpq_plugin.topk_kernels`).
+- **chunked decode + matmul**: decode a chunk of rows, BLAS ``q @ rows.T``. Cost ~ ``N * d`` to decode
+  plus ``B * N * d`` multiply-adds at BLAS speed: wins for big batches at small ``d / M``.
+
+:func:`choose_method` compares the two with per-item costs measured on the development machine (see
+``_NS``); both keep memory bounded: a running ``[B, k]`` top-k, never a ``[B, N]`` matrix or a decoded
+``[N, d]`` table (chunks of at most a few MiB). :func:`pq_scores` stays the differentiable PQ scorer.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import topk_kernels as kernels
 from .config import URecJPQError
 
 # Items per chunk when the caller gives none: keeps a chunk's [B, chunk] scores near 4 MiB (and the
@@ -25,14 +32,41 @@ _CHUNK_FLOATS = 1 << 20
 _MIN_CHUNK, _MAX_CHUNK = 1024, 65536
 # From this many queries on, embedding_bag beats per-split gathers (B=1: 8x slower; B=4: 2x faster).
 _BAG_MIN_BATCH = 4
+# Full scores of tables up to this size (16 MiB decoded) reuse a cached decode between calls.
+_CACHED_DECODE_FLOATS = 1 << 22
+# Over-fetching for exclusions beyond this many candidates per query stops paying in faiss's heap.
+_FAISS_MAX_FETCH = 4096
+
+# Cost model, nanoseconds per item (per query where it says so), 1 thread, 2-core AMD EPYC VM shared
+# with other jobs (load 4-5), torch 2.13 CPU, faiss 1.15, 10^6 items: from
+# `python benchmarks/bench_topk.py --calibrate` and forced-method runs at d=64, B=16/64/256 (faiss
+# 183/1072/4043 ms, matmul 427/1446/3850 ms). Only the scan/matmul cut-over rests on them; it comes
+# out at ~120 queries for d=64, M=8 with faiss (~12 without), and the scan always wins at d=512, M=8.
+_NS = {
+    "faiss_per_split": 1.9,  # faiss PQ scan incl. its heap, per query and split
+    "pair_per_lookup": 8.5,  # torch pair-table scan, per query and pair of splits
+    "split_per_lookup": 8.0,  # torch per-split gathers (odd M / wide codes), per query and split
+    "pair_tables": 200_000.0,  # building a query's M/2 x 65536 pair tables (per query, not per item)
+    "decode_per_float": 5.0,  # decoding one float of a row (chunk decode: int32 index + index_select)
+    "mm_per_fma": 0.12,  # BLAS q @ rows.T, per query and multiply-add
+    "running_topk": 4.8,  # filtering a score against the running k-th best, per query
+}
 
 
 class TopKError(URecJPQError):
-    """Bad arguments to PQ scoring / top-k (shapes, ``k``, exclusions)."""
+    """Bad arguments to PQ scoring / top-k (shapes, ``k``, exclusions, method)."""
+
+
+METHODS = ("auto", "faiss", "lut", "matmul")
 
 
 def default_chunk_size(batch: int) -> int:
     return int(min(_MAX_CHUNK, max(_MIN_CHUNK, _CHUNK_FLOATS // max(batch, 1))))
+
+
+def _matmul_chunk(batch: int, d: int) -> int:
+    # [B, n] scores and [n, d] decoded rows both near 2 MiB: measured best at B=256 (2048-8192 rows).
+    return int(min(_MAX_CHUNK, max(_MIN_CHUNK, (1 << 19) // max(batch, d))))
 
 
 def _check(queries: torch.Tensor, sub_embeddings: torch.Tensor, codes: torch.Tensor) -> None:
@@ -54,10 +88,9 @@ def lookup_tables(queries: torch.Tensor, sub_embeddings: torch.Tensor) -> torch.
 
 def item_major_scores(S: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Scores ``[n, B]`` (items x queries, possibly a transposed view) of the items whose codes ``[n, M]``
-    are given, from lookup tables ``S [M, B, ksub]``.
+    are given, from lookup tables ``S [M, B, ksub]``; differentiable in ``S``.
 
-    Two kernels, picked by batch size (measured on CPU, see benchmarks/bench_topk.py):
-    few queries: per split, gather ``n`` scalars from its ``ksub`` table and add (``M`` index_selects);
+    Few queries: per split, gather ``n`` scalars from its ``ksub`` table and add (``M`` index_selects);
     more: ``embedding_bag`` over the flattened ``[M * ksub, B]`` table, which sums ``M`` contiguous
     ``B``-rows per item in one fused pass (2-3x faster than per-split gathers at B >= 4, 8x slower at B = 1).
     """
@@ -74,11 +107,6 @@ def item_major_scores(S: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(flat_ids, table, mode="sum")
 
 
-def chunk_scores(S: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Scores ``[B, n]`` (contiguous) of the items whose codes ``[n, M]`` are given."""
-    return item_major_scores(S, codes).t().contiguous()
-
-
 def pq_scores(
     queries: torch.Tensor,
     sub_embeddings: torch.Tensor,
@@ -86,21 +114,57 @@ def pq_scores(
     padding_idx: int | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """``queries [B, d]`` -> scores ``[B, N]`` equal to ``queries @ decode(codes).T`` (float tolerance).
+    """``queries [B, d]`` -> scores ``[B, N]`` equal to ``queries @ decode(codes).T``, differentiable.
 
     ``padding_idx``'s column is 0, as its decoded row is zero in :class:`~urecjpq_plugin.jpq.JPQEmbedding`.
+    For evaluation (no gradient) :func:`scores_from_codes` is faster.
     """
     _check(queries, sub_embeddings, codes)
     S = lookup_tables(queries, sub_embeddings)
     n = codes.shape[0]
     chunk = chunk_size or default_chunk_size(queries.shape[0])
-    if n <= chunk:
-        scores = chunk_scores(S, codes)
-    else:
-        scores = torch.cat([chunk_scores(S, codes[s : s + chunk]) for s in range(0, n, chunk)], dim=1)
+    parts = [item_major_scores(S, codes[s : s + chunk]).t() for s in range(0, n, chunk)]
+    scores = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1)
     if padding_idx is not None:
         scores[:, padding_idx] = 0.0
     return scores
+
+
+# -- dispatch -----------------------------------------------------------------------------------
+def _scan_ns(batch: int, M: int, codes: torch.Tensor, use_faiss: bool, full: bool) -> float:
+    """Per-item cost of a lookup-table scan of ``batch`` queries (ns), amortised fixed costs included."""
+    n = max(codes.shape[0], 1)
+    if use_faiss and not full:
+        return batch * M * _NS["faiss_per_split"]
+    topk = 0.0 if full else _NS["running_topk"]
+    if kernels.pair_scan_applies(codes):
+        return batch * (M / 2 * _NS["pair_per_lookup"] + topk + _NS["pair_tables"] / n)
+    return batch * (M * _NS["split_per_lookup"] + topk)
+
+
+def _matmul_ns(batch: int, d: int, full: bool) -> float:
+    topk = 0.0 if full else _NS["running_topk"]
+    return d * _NS["decode_per_float"] + batch * (d * _NS["mm_per_fma"] + topk)
+
+
+def choose_method(
+    queries: torch.Tensor, sub_embeddings: torch.Tensor, codes: torch.Tensor, full: bool = False, allow_faiss: bool = True
+) -> str:
+    """``"faiss"``, ``"lut"`` (torch scan) or ``"matmul"`` (chunked decode + BLAS): the cheapest here.
+
+    ``full``: for full ``[B, N]`` scores (faiss only returns a top-k, so it is not a candidate then);
+    ``allow_faiss=False``: the choice without faiss (as when it is not installed).
+    Off the CPU (GPU) BLAS matmul always wins.
+    """
+    if codes.device.type != "cpu" or sub_embeddings.device.type != "cpu":
+        return "matmul"
+    batch, d = queries.shape
+    M = codes.shape[1]
+    use_faiss = allow_faiss and not full and kernels.faiss_nbits(sub_embeddings, codes) is not None
+    scan = _scan_ns(batch, M, codes, use_faiss, full)
+    if scan <= _matmul_ns(batch, d, full):
+        return "faiss" if use_faiss else "lut"
+    return "matmul"
 
 
 # -- exclusions -------------------------------------------------------------------------------
@@ -140,6 +204,107 @@ def _exclusion_pairs(exclude: Any, batch: int, n_items: int) -> tuple[torch.Tens
     return torch.from_numpy(rows[order].copy()), torch.from_numpy(cols[order].copy())
 
 
+# -- running top-k over chunks --------------------------------------------------------------------
+class _RunningTopK:
+    """Best ``k`` per query over chunks of ``[B, n]`` scores, in ``O(B * k)`` memory.
+
+    Once ``k`` are held, a cheap comparison pass keeps only the items that beat some query's current
+    k-th best, so later chunks mostly skip ``topk`` (ties with the k-th best are not taken).
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: torch.Tensor | None = None
+        self.indices: torch.Tensor | None = None
+
+    def add(self, scores: torch.Tensor, start: int) -> None:
+        k, candidates = self.k, None
+        if self.values is not None and self.values.shape[1] >= k:
+            beats = (scores > self.values[:, -1:]).any(dim=0).nonzero().squeeze(1)
+            if beats.numel() == 0:
+                return
+            if beats.numel() < scores.shape[1]:
+                scores, candidates = scores.index_select(1, beats), beats
+        values, pick = scores.topk(min(k, scores.shape[1]), dim=1)
+        indices = (pick if candidates is None else candidates[pick]) + start
+        if self.values is not None:
+            values, indices = torch.cat([self.values, values], 1), torch.cat([self.indices, indices], 1)
+            values, pick = values.topk(min(k, values.shape[1]), dim=1)
+            indices = indices.gather(1, pick)
+        self.values, self.indices = values, indices
+
+
+def _mask(scores: torch.Tensor, start: int, padding_idx: int | None, pairs) -> None:
+    """Excluded (query, item) pairs and the padding item of a ``[B, n]`` chunk -> ``-inf``, in place."""
+    stop = start + scores.shape[1]
+    if padding_idx is not None and start <= padding_idx < stop:
+        scores[:, padding_idx - start] = float("-inf")
+    if pairs is not None:
+        rows, cols = pairs
+        lo, hi = np.searchsorted(cols.numpy() if cols.device.type == "cpu" else cols.cpu().numpy(), [start, stop])
+        if hi > lo:
+            scores[rows[lo:hi], cols[lo:hi] - start] = float("-inf")
+
+
+def _scan_topk(S, codes, k, chunk, padding_idx, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch lookup-table scan, one query at a time (its pair tables are 1 MiB per query)."""
+    M, batch, _ = S.shape
+    n_items = codes.shape[0]
+    use_pairs = kernels.pair_scan_applies(codes)
+    chunk = max(chunk, _MAX_CHUNK)  # one query's [n] scores: large chunks amortise per-chunk overhead
+    out = torch.empty(min(chunk, n_items), dtype=S.dtype, device=S.device)
+    results = []
+    for b in range(batch):
+        mine = None
+        if pairs is not None:
+            keep = pairs[0] == b
+            mine = (torch.zeros(int(keep.sum()), dtype=torch.long, device=S.device), pairs[1][keep])
+        P = kernels.pair_tables(S[:, b]) if use_pairs else None
+        best = _RunningTopK(k)
+        for start in range(0, n_items, chunk):
+            part = codes[start : start + chunk]
+            if use_pairs:
+                scores = kernels.pair_scores(P, part, out[: part.shape[0]])
+            else:
+                scores = item_major_scores(S[:, b : b + 1], part)[:, 0]
+            scores = scores.unsqueeze(0)
+            _mask(scores, start, padding_idx, mine)
+            best.add(scores, start)
+        results.append((best.values, best.indices))
+    return torch.cat([v for v, _ in results]), torch.cat([i for _, i in results])
+
+
+def _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs):
+    best = _RunningTopK(k)
+    for start in range(0, codes.shape[0], chunk):
+        scores = queries @ kernels.decode_rows(sub_embeddings, codes[start : start + chunk]).T
+        _mask(scores, start, padding_idx, pairs)
+        best.add(scores, start)
+    return best.values, best.indices
+
+
+def _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits):
+    """faiss scan; exclusions and padding by over-fetching ``k + (most excluded in a row) + 1`` and
+    dropping them, which is exact: at most that many of the fetched items can be dropped."""
+    batch, n_items = queries.shape[0], codes.shape[0]
+    most_excluded = int(torch.bincount(pairs[0], minlength=batch).max()) if pairs is not None and len(pairs[0]) else 0
+    fetch = k + most_excluded + (padding_idx is not None)
+    if fetch > min(n_items, _FAISS_MAX_FETCH):
+        return None
+    values, indices = kernels.faiss_topk(queries, sub_embeddings, codes, fetch, nbits)
+    if fetch == k:
+        return values, indices
+    drop = torch.zeros_like(values, dtype=torch.bool)
+    if padding_idx is not None:
+        drop |= indices == padding_idx
+    if pairs is not None and len(pairs[0]):
+        keys = pairs[0].cpu() * n_items + pairs[1].cpu()
+        drop |= torch.isin(torch.arange(batch).unsqueeze(1) * n_items + indices, keys)
+    values = values.masked_fill(drop, float("-inf"))
+    values, pick = values.topk(k, dim=1)  # faiss's order is best first: topk keeps it
+    return values, indices.gather(1, pick)
+
+
 def topk_from_codes(
     queries: torch.Tensor,
     sub_embeddings: torch.Tensor,
@@ -148,53 +313,97 @@ def topk_from_codes(
     exclude: Any = None,
     chunk_size: int | None = None,
     padding_idx: int | None = None,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` items per query over the whole catalogue, in ``O(B * (k + chunk_size))`` memory.
+    """Top-``k`` items per query by dot product with the decoded rows, best first: ``(values, indices)``,
+    each ``[B, k]``; no ``[B, N]`` matrix and no decoded table (memory ``O(B * (k + chunk))``).
 
-    Same answer as ``torch.topk(pq_scores(...), k)`` (ties aside), with excluded (query, item) pairs
-    scored ``-inf`` (see :func:`_exclusion_pairs` for the accepted forms). Returns ``(values, indices)``,
-    each ``[B, k]``, best first. ``padding_idx`` scores 0 as in :func:`pq_scores`; exclude it to drop it.
+    Same answer as ``torch.topk(queries @ decoded.T, k)`` (ties aside), with excluded (query, item)
+    pairs (see :func:`_exclusion_pairs`) and ``padding_idx`` never returned (a ``-inf`` value marks a
+    filler slot when a query has fewer than ``k`` allowed items). ``method``: ``"auto"`` (cheapest by
+    :func:`choose_method`), ``"faiss"``, ``"lut"`` (torch scan) or ``"matmul"``. No gradient.
     """
     _check(queries, sub_embeddings, codes)
     n_items = codes.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_items:
-        raise TopKError(f"k={k!r} is invalid; it must be an integer in [1, {n_items}] (the number of items)")
-    batch = queries.shape[0]
-    chunk = chunk_size or default_chunk_size(batch)
-    if chunk < 1:
+    valid = n_items - (padding_idx is not None)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= valid:
+        raise TopKError(f"k={k!r} is invalid; it must be an integer in [1, {valid}] (the number of non-padding items)")
+    if method not in METHODS:
+        raise TopKError(f"method={method!r} is invalid; choose one of {', '.join(METHODS)}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise TopKError(f"chunk_size={chunk_size!r} is invalid; it must be a positive integer")
+    batch, d = queries.shape
     pairs = _exclusion_pairs(exclude, batch, n_items)
-    device = sub_embeddings.device
     if pairs is not None:
-        pairs = (pairs[0].to(device), pairs[1].to(device))
-    S = lookup_tables(queries, sub_embeddings)
-    best_values = best_indices = None
-    for start in range(0, n_items, chunk):
-        stop = min(start + chunk, n_items)
-        scores = item_major_scores(S, codes[start:stop])  # [n, B]
-        if padding_idx is not None and start <= padding_idx < stop:
-            scores[padding_idx - start] = 0.0
-        if pairs is not None:
-            lo, hi = torch.searchsorted(pairs[1], torch.tensor([start, stop], device=device)).tolist()
-            if hi > lo:
-                scores[pairs[1][lo:hi] - start, pairs[0][lo:hi]] = float("-inf")
-        if best_values is None or best_values.shape[1] < k:
-            candidates = torch.arange(start, stop, device=device)
-            values = scores.t()
+        pairs = (pairs[0].to(codes.device), pairs[1].to(codes.device))
+    chosen = choose_method(queries, sub_embeddings, codes) if method == "auto" else method
+    with torch.no_grad():
+        if chosen == "faiss":
+            nbits = kernels.faiss_nbits(sub_embeddings, codes)
+            if nbits is None:
+                raise TopKError("method='faiss' needs faiss installed, CPU float32 sub_embeddings and ksub a power of 2")
+            found = _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits)
+            if found is not None:
+                return found
+            chosen = choose_method(queries, sub_embeddings, codes, allow_faiss=False)
+        queries = queries.to(sub_embeddings.dtype)
+        if chosen == "lut":
+            chunk = chunk_size or _MAX_CHUNK
+            return _scan_topk(lookup_tables(queries, sub_embeddings), codes, k, chunk, padding_idx, pairs)
+        chunk = chunk_size or _matmul_chunk(batch, d)
+        return _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs)
+
+
+def scores_from_codes(
+    queries: torch.Tensor,
+    sub_embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    padding_idx: int | None = None,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Full scores ``[B, N]`` equal to ``queries @ decoded.T`` (padding column 0), by the cheaper of a
+    torch lookup-table scan and chunked decode + matmul (``method``: ``"auto"``, ``"lut"``, ``"matmul"``).
+
+    With gradients needed (training) it is :func:`pq_scores` or a differentiable decode + matmul.
+    """
+    _check(queries, sub_embeddings, codes)
+    if method not in ("auto", "lut", "matmul"):
+        raise TopKError(f"method={method!r} is invalid; choose one of auto, lut, matmul")
+    chosen = choose_method(queries, sub_embeddings, codes, full=True) if method == "auto" else method
+    batch, d = queries.shape
+    n_items = codes.shape[0]
+    if torch.is_grad_enabled() and (queries.requires_grad or sub_embeddings.requires_grad):
+        if chosen == "lut":
+            return pq_scores(queries, sub_embeddings, codes, padding_idx)
+        scores = queries.to(sub_embeddings.dtype) @ kernels.decode_rows(sub_embeddings, codes).T
+        if padding_idx is not None:
+            scores = scores.index_fill(1, torch.tensor([padding_idx], device=scores.device), 0.0)
+        return scores
+    with torch.no_grad():
+        queries = queries.to(sub_embeddings.dtype)
+        if chosen == "matmul" and n_items * d <= _CACHED_DECODE_FLOATS:
+            scores = queries @ kernels.decoded_table(sub_embeddings, codes).T
+        elif chosen == "matmul" and 4 * d <= batch:  # the decoded table is under 1/4 of the scores returned
+            scores = queries @ kernels.decode_rows(sub_embeddings, codes).T
         else:
-            # Only items that beat some query's current k-th best can enter; a cheap comparison
-            # pass leaves topk a few columns instead of the whole chunk.
-            beats = (scores > best_values[:, -1]).any(dim=1).nonzero().squeeze(1)
-            if beats.numel() == 0:
-                continue
-            candidates = beats + start
-            values = scores.index_select(0, beats).t()
-        values, pick = values.topk(min(k, values.shape[1]), dim=1)
-        indices = candidates[pick]
-        if best_values is not None:
-            values = torch.cat([best_values, values], dim=1)
-            indices = torch.cat([best_indices, indices], dim=1)
-            values, pick = values.topk(min(k, values.shape[1]), dim=1)
-            indices = indices.gather(1, pick)
-        best_values, best_indices = values, indices
-    return best_values, best_indices
+            scores = torch.empty(batch, n_items, dtype=queries.dtype, device=queries.device)
+            if chosen == "matmul":
+                chunk = _matmul_chunk(batch, d)
+                for start in range(0, n_items, chunk):
+                    rows = kernels.decode_rows(sub_embeddings, codes[start : start + chunk])
+                    scores[:, start : start + rows.shape[0]] = queries @ rows.T
+            else:
+                S = lookup_tables(queries, sub_embeddings)
+                use_pairs = kernels.pair_scan_applies(codes)
+                for b in range(batch):
+                    P = kernels.pair_tables(S[:, b]) if use_pairs else None
+                    for start in range(0, n_items, _MAX_CHUNK):
+                        part = codes[start : start + _MAX_CHUNK]
+                        stop = start + part.shape[0]
+                        if use_pairs:
+                            kernels.pair_scores(P, part, scores[b, start:stop])
+                        else:
+                            scores[b, start:stop] = item_major_scores(S[:, b : b + 1], part)[:, 0]
+        if padding_idx is not None:
+            scores[:, padding_idx] = 0.0
+        return scores

@@ -1,8 +1,12 @@
-"""RecBole full-sort prediction through PQ scoring, for models whose item score is a plain dot product.
+"""RecBole full-sort prediction from the codes, for models whose item score is a plain dot product.
 
 ``install_pq_full_sort(model)`` replaces the bound ``full_sort_predict`` of one compressed model
 instance by: the user/sequence vectors computed exactly as the model's own ``full_sort_predict`` does,
-then ``JPQEmbedding.score`` (lookup tables + gathers over the codes, no decoded ``[N, d]`` item table).
+then ``JPQEmbedding.score``. RecBole's trainer needs the full ``[B, N]`` scores (it masks the history
+and item 0 itself), so this is the full-score dispatcher (:func:`urecjpq_plugin.topk.scores_from_codes`):
+a lookup-table scan for a query or two over a large catalogue, decode + BLAS matmul otherwise (small
+tables, RecBole's evaluation batches of many users), which costs what the uncompressed ``q @ W.T``
+costs plus one decode of the table, never the slow per-item gathers at large batches.
 
 The mapping below is explicit and only lists models whose RecBole 1.2.1 ``full_sort_predict`` is
 ``query @ <item table>.weight.T`` with the raw item table (read from their source). Models that
