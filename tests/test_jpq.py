@@ -54,6 +54,34 @@ def test_padding_row_is_zero_and_gets_no_gradient():
     assert emb.weight[1].abs().sum() > 0
 
 
+
+@pytest.mark.parametrize("padding_idx", [None, 3])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
+def test_gradients_match_a_plain_gather_of_the_codebook(padding_idx, id_dtype):
+    # The decode has its own backward (accumulating index_put_); check it against autograd's own
+    # through plain indexing, for rows repeated many times, for forward(ids) and for .weight.
+    codes = random_codes(40, 4, 8, seed=1)
+    emb = JPQEmbedding(codes, ksub=8, embedding_dim=12, padding_idx=padding_idx)
+    reference = emb.sub_embeddings.detach().clone().requires_grad_(True)
+
+    def reference_decode(rows: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([reference[k, codes[rows, k].long()] for k in range(4)], dim=-1)
+        return out if padding_idx is None else out * (rows != padding_idx).unsqueeze(-1)
+
+    ids = torch.randint(0, 40, (64, 5))
+    ids[0, :2] = 3
+    upstream = torch.randn(64, 5, 12)
+    (emb(ids.to(id_dtype)) * upstream).sum().backward()
+    (reference_decode(ids) * upstream).sum().backward()
+    assert torch.allclose(emb.sub_embeddings.grad, reference.grad, atol=1e-5)
+
+    emb.sub_embeddings.grad, reference.grad = None, None
+    upstream = torch.randn(40, 12)
+    (emb.weight * upstream).sum().backward()
+    (reference_decode(torch.arange(40)) * upstream).sum().backward()
+    assert torch.allclose(emb.sub_embeddings.grad, reference.grad, atol=1e-5)
+
+
 def test_from_table_keeps_shape_scale_and_trainability():
     table = nn.Embedding(5000, 32)
     nn.init.xavier_normal_(table.weight)

@@ -7,11 +7,41 @@ learned ``C [M, ksub, dsub]`` (the only Parameter), ``dsub = d / M``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .codes import as_codes
 from .config import JPQConfigError
+
+
+class _GatherRows(torch.autograd.Function):
+    """``table.index_select(0, rows)`` whose backward accumulates with ``index_put_``.
+
+    Decoding repeats each codebook row many times (every ID sharing a sub-id). Measured on CPU, 1
+    thread, 32k-330k rows into a [2048, 8] codebook: ``F.embedding``'s backward took 3-6x and
+    ``index_select``'s (``index_add_``) 1.4-2x the time of an accumulating ``index_put_``.
+    Same values, same gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        return table.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (rows,) = ctx.saved_tensors
+        table_grad = grad.new_zeros(ctx.table_shape)
+        return table_grad.index_put_((rows,), grad, accumulate=True), None
+
+
+def gather_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` (int64, 1-D) of a 2-D ``table``, differentiable in ``table``."""
+    if table.requires_grad and torch.is_grad_enabled():
+        return _GatherRows.apply(table, rows)
+    return table.index_select(0, rows)
 
 
 class JPQEmbedding(nn.Module):
@@ -74,27 +104,36 @@ class JPQEmbedding(nn.Module):
         return module
 
     # -- encode/decode ------------------------------------------------------------------------
+    def _flat_rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes [..., M]`` -> int64 rows of the flat ``[M * ksub, dsub]`` codebook, one per sub-id.
+
+        Built per call rather than cached: a cached int64 index would be 8x the uint8 codes.
+        (``to(int64).add_`` is several times faster on CPU than ``codes.long() + offsets``.)
+        """
+        return codes.reshape(-1, self.M).to(torch.int64, copy=True).add_(self.offsets).reshape(-1)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings)."""
-        flat = codes.long() + self.offsets  # [..., M] rows of the flat codebook
         table = self.sub_embeddings.reshape(self.M * self.ksub, self.dsub)
-        return F.embedding(flat, table).reshape(*codes.shape[:-1], self.embedding_dim)
+        return gather_rows(table, self._flat_rows(codes)).reshape(*codes.shape[:-1], self.embedding_dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Gather only the rows asked for: ``ids [...]`` -> ``[..., d]``."""
-        out = self.decode(self.codes[ids])
+        flat_ids = ids.reshape(-1)
+        if flat_ids.dtype not in (torch.int64, torch.int32):
+            flat_ids = flat_ids.long()  # as nn.Embedding: integer ids of any width
+        out = self.decode(self.codes.index_select(0, flat_ids))  # index_select: ~5x faster than codes[ids]
         if self.padding_idx is not None:
-            out = out * (ids != self.padding_idx).unsqueeze(-1).to(out.dtype)
-        return out
+            out = out.masked_fill((flat_ids == self.padding_idx).unsqueeze(-1), 0)
+        return out.reshape(*ids.shape, self.embedding_dim)
 
     @property
     def weight(self) -> torch.Tensor:
         """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight``."""
         out = self.decode(self.codes)
         if self.padding_idx is not None:
-            keep = torch.ones(self.num_embeddings, 1, dtype=out.dtype, device=out.device)
-            keep[self.padding_idx] = 0
-            out = out * keep
+            # In place on the fresh decode (its backward does not need it): no second [N, d] pass.
+            out[self.padding_idx] = 0
         return out
 
     def score(self, queries: torch.Tensor) -> torch.Tensor:

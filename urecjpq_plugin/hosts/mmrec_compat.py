@@ -25,7 +25,8 @@ what MMRec needs and says why:
   :mod:`.scatter_compat` installs a pure-torch stand-in.
 
 What cannot be worked around stops with one line (:class:`MMRecUnsupported`): the image+text
-requirement of DAMRS, LGMRec, PGL, MVGAE, MGCN and SMORE, GRCN with text features only (a typo in MMRec leaves its content
+requirement of DAMRS, LGMRec, PGL, MVGAE, MGCN, SMORE and SLMRec (their forward reads both
+modalities unconditionally), GRCN with text features only (a typo in MMRec leaves its content
 representation unset).
 """
 
@@ -52,7 +53,7 @@ NEEDS_MODULE = {"SLMRec": "torch_scatter", "MGCN": "torch_scatter", "SMORE": "to
 RESULT_CACHE_PARAMETER = ("DualGNN", "DRAGON")
 USER_GRAPH_MODELS = ("DualGNN", "DRAGON")
 #: models whose code reads both modalities unconditionally
-NEEDS_IMAGE_AND_TEXT = ("DAMRS", "LGMRec", "PGL", "MVGAE", "MGCN", "SMORE")
+NEEDS_IMAGE_AND_TEXT = ("DAMRS", "LGMRec", "PGL", "MVGAE", "MGCN", "SMORE", "SLMRec")
 USER_GRAPH_TOP = 200
 #: DA-MRS's build_iib_graph.py: items are neighbours when at least 2 training users share them
 ITEM_GRAPH_MIN_SHARED = 2
