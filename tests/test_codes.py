@@ -230,3 +230,16 @@ def test_hosts_log_the_distinct_code_fraction(caplog):
         assert log_distinct_fractions(tables) is tables
     assert "user codes: distinct-code fraction 0.5000" in caplog.text
     assert "item codes: distinct-code fraction 1.0000" in caplog.text
+
+
+def test_svd_codes_do_not_depend_on_the_thread_count():
+    X = tied_interactions()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = svd_codes(X, 8, 16, 0)
+        torch.set_num_threads(3)
+        three = svd_codes(X, 8, 16, 0)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, three))
