@@ -43,8 +43,8 @@ def test_recbole_cli_refuses_before_writing_anything(tmp_path, argv, says):
 
 
 @pytest.mark.parametrize("argv, line", [
-    (["--jpq_ksub=2000"], "jpq_ksub=2000 is larger than the 944 rows of the table; a compressed table would outgrow "
-                          "the original: use jpq_ksub <= 944"),
+    (["--jpq_ksub=2000"], "jpq_ksub=2000 is larger than the 944 rows of user_embedding; a compressed table would "
+                          "outgrow the original: use jpq_ksub <= 944"),
     (["--jpq_M=7"], "embedding size 64 of "),
 ])
 def test_error_after_recbole_opened_its_log_ends_that_log(tmp_path, argv, line):
@@ -63,8 +63,22 @@ def test_float_codes_and_bad_ksub_are_refused_by_name():
         JPQEmbedding(torch.full((300, 8), 0.5), 256, 64)
     with pytest.raises(URecJPQError, match=r"^ksub=0 is out of range"):
         JPQEmbedding(torch.zeros(300, 8, dtype=torch.long), 0, 64)
-    with pytest.raises(URecJPQError, match="jpq_ksub=256 is larger than the 10 rows"):
-        JPQEmbedding(torch.zeros(10, 8, dtype=torch.long), 256, 64)
+
+def test_ksub_above_a_tables_rows_is_refused_before_any_swap():
+    from torch import nn
+
+    from urecjpq_plugin import JPQConfig, apply_jpq
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user_embedding, self.item_embedding = nn.Embedding(300, 16), nn.Embedding(10, 16)
+
+    model = Tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(URecJPQError, match="jpq_ksub=16 is larger than the 10 rows of item_embedding; .* <= 10"):
+        apply_jpq(model, JPQConfig(M=4, ksub=16, code_assign="random"), {"user": 300, "item": 10})
+    assert type(model) is Tiny and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 @pytest.fixture

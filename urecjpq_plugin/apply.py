@@ -159,6 +159,7 @@ def apply_jpq(
     refs = find_id_tables(model, counts, config.id_targets)
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)
+        config.check_rows(ref.shape[0], table=ref.path)
     entities = list(dict.fromkeys(r.entity for r in refs))
     if codes is not None:
         by_entity, how = _given_codes(codes, counts, entities, config), "given"

@@ -100,6 +100,14 @@ class JPQConfig:
                 f"choose jpq_M among {[m for m in range(1, dim + 1) if dim % m == 0]}"
             )
 
+    def check_rows(self, rows: int, table: str = "table") -> None:
+        """More sub-ids per split than rows would make the "compressed" table larger than the original."""
+        if self.ksub > rows:
+            raise JPQConfigError(
+                f"jpq_ksub={self.ksub} is larger than the {rows} rows of {table}; a compressed table would "
+                f"outgrow the original: use jpq_ksub <= {rows}"
+            )
+
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | Any, seed: int | None = None) -> JPQConfig:
         """Build from a host config; missing keys take the defaults."""

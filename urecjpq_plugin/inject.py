@@ -314,6 +314,7 @@ def inject_jpq(
     """
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)
+        config.check_rows(ref.shape[0], table=ref.path)
     codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for r in refs)}
     for ref in refs:
         if codes[ref.entity].shape != (ref.shape[0], config.M):

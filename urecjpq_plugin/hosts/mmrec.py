@@ -526,11 +526,10 @@ def evaluate_checkpoint(path: str, config_overrides: Mapping[str, Any] | None = 
 
     The working directory must be MMRec's ``src`` (see :func:`use_mmrec_src`).
     """
-    if not os.path.isfile(path):
-        raise JPQCheckpointError(f"checkpoint {path!r} does not exist; give a file written by urecjpq-mmrec")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
-        raise JPQCheckpointError(f"{path!r} is not a urecjpq-mmrec checkpoint (needs state_dict and config)")
+    from ..checkpoint_file import read_checkpoint_file
+
+    checkpoint = read_checkpoint_file(path, needs=("state_dict", "config"), weights_only=True,
+                                      written_by="urecjpq-mmrec")
     activate()
     from utils.configurator import Config
     from utils.dataloader import EvalDataLoader, TrainDataLoader

@@ -176,7 +176,9 @@ def load_data_and_model(model_file: str):
     from recbole.quick_start import quick_start
     from recbole.utils import init_logger, init_seed
 
-    checkpoint = torch.load(model_file, weights_only=False, map_location="cpu")
+    from ..checkpoint_file import read_checkpoint_file
+
+    checkpoint = read_checkpoint_file(model_file, needs=("config", "state_dict"), written_by="a RecBole trainer")
     config = checkpoint["config"]
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
