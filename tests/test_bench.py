@@ -38,7 +38,7 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     data = _tiny_dataset(root / "data")
     out = root / "results"
-    rc = run.main(_args(data, out, "--models", MODELS))
+    rc = run.main(_args(data, out, "--models", MODELS, "--jobs", "2"))  # two runs at a time
     return {"data": data, "out": out, "rc": rc}
 
 
@@ -146,7 +146,7 @@ def test_host_budget_leaves_recbole_defaults_alone():
      (["--models", "lightgc"], "LightGCN"),
      (["--M", "7"], "not a multiple of jpq_M=7"), (["--targets", "user+thing"], "thing"),
      (["--dataset", "no-such-data"], "no-such-data"), (["--seeds", "1,1"], "--seeds"),
-     (["--epochs", "0"], "--epochs")],
+     (["--epochs", "0"], "--epochs"), (["--jobs", "0"], "--jobs 0")],
 )
 def test_bad_options_are_one_line_errors(argv, word):
     with pytest.raises(URecJPQError, match=word) as err:

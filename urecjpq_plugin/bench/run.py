@@ -17,6 +17,8 @@ import argparse
 import ast
 import itertools
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -82,6 +84,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--python", default=None, help="interpreter for the runs (default: this one)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch/BLAS threads per run (default: torch's; 1 keeps timings stable on a busy machine)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each its own process (default 1; timings are only comparable at 1 "
+                   "or with --threads so that jobs x threads <= cores)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed and marked failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -97,6 +102,8 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     if args.host == "mmrec" and not args.mmrec_src:
         raise JPQConfigError("--host mmrec needs --mmrec-src (the MMRec checkout's src/ folder)")
     check_runner_exists(args.host)
+    if args.jobs < 1:
+        raise JPQConfigError(f"--jobs {args.jobs} is invalid; it must be 1 or more")
     models = [m.strip() for m in (args.models or DEFAULT_MODELS[args.host]).split(",") if m.strip()]
     if not models:
         raise JPQConfigError("--models is empty; give comma-separated model names")
@@ -192,20 +199,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:  # torch reads these at start-up; spinning thread pools on a shared CPU cost 10-80x
         env = {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     failed: list[tuple[str, str]] = []
-    with _progress(len(specs), args.no_progress) as bar:
-        bar.update(len(done))
-        for spec in todo:
-            bar.set_postfix_str(spec["run_id"])
-            run_dir = runs / spec["run_id"]
-            spec = {**spec, "out_dir": str(run_dir.resolve())}
-            result = run_in_subprocess(spec, run_dir, timeout=args.timeout, python=args.python, env=env)
-            record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
-            save_run(runs, record)
+    lock = threading.Lock()  # one writer of reports and the progress bar at a time
+
+    def run_spec(spec: dict) -> None:
+        run_dir = runs / spec["run_id"]
+        spec = {**spec, "out_dir": str(run_dir.resolve())}
+        result = run_in_subprocess(spec, run_dir, timeout=args.timeout, python=args.python, env=env)
+        record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
+        save_run(runs, record)
+        with lock:
             if record["status"] != "ok":
                 failed.append((spec["run_id"], failure_reason(record["error"])))
                 bar.write(f"run {spec['run_id']} failed: {failed[-1][1]} (log: {run_dir}/child.log)")
             write_reports(all_runs(runs), out, title=_title(settings, seeds))
+            bar.set_postfix_str(spec["run_id"])
             bar.update(1)
+
+    with _progress(len(specs), args.no_progress) as bar:
+        bar.update(len(done))
+        # Each run is its own subprocess; --jobs of them at a time (threads only wait on children).
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(run_spec, spec) for spec in todo]:
+                future.result()
     paths = write_reports(all_runs(runs), out, title=_title(settings, seeds))
     print((out / "results.md").read_text())
     print(f"outputs: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
