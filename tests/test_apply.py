@@ -143,8 +143,7 @@ def test_apply_train_save_load_unload(cls, tmp_path, monkeypatch):
     def no_recompute(*args, **kwargs):
         raise AssertionError("load_jpq must take the codes from the checkpoint")
 
-    monkeypatch.setattr(apply_module, "svd_codes", no_recompute)
-    monkeypatch.setattr(apply_module, "random_codes", no_recompute)
+    monkeypatch.setattr(apply_module, "assign_codes", no_recompute)
     loaded = load_jpq(fresh, state)
     assert loaded.code_assign == "checkpoint" and loaded.trainable_after == report.trainable_after
     torch.testing.assert_close(fresh(u, i), expected, rtol=0, atol=0)

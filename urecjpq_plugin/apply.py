@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .codes import as_codes, random_codes, svd_codes
+from .assign import assign_codes
+from .codes import as_codes
 from .config import ID_TARGETS, JPQConfig, JPQConfigError, URecJPQError
 from .inject import (
     JPQTargetError,
@@ -116,23 +117,24 @@ def _given_codes(codes: Mapping[str, Any], counts: Mapping[str, int], entities: 
 
 def _assigned_codes(config: JPQConfig, counts: Mapping[str, int], entities: list[str], interactions: Any) -> dict:
     if config.code_assign == "random":
-        return {e: random_codes(counts[e], config.M, config.ksub, config.seed + ID_TARGETS.index(e)) for e in entities}
-    if config.code_assign != "svd":
+        by_entity = assign_codes(config, counts={e: counts[e] for e in entities})
+        return {e: by_entity[e] for e in entities}
+    if config.code_assign.startswith("features"):
         raise JPQConfigError(
             f"jpq_code_assign={config.code_assign!r} needs item features, which apply_jpq does not take; pass "
-            "codes= (e.g. from urecjpq_plugin.features.feature_id_codes) or use svd or random"
+            "codes= (e.g. from urecjpq_plugin.features.feature_id_codes) or use svd, svd_proj or random"
         )
     if interactions is None:
         raise JPQConfigError(
-            "jpq_code_assign='svd' needs interactions= (a scipy users x items training matrix); "
+            f"jpq_code_assign={config.code_assign!r} needs interactions= (a scipy users x items training matrix); "
             "pass codes= or use JPQConfig(code_assign='random')"
         )
     shape = tuple(getattr(interactions, "shape", ()))
     expected = tuple(counts.get(e) for e in ID_TARGETS)
     if len(shape) != 2 or any(n is not None and n != got for n, got in zip(expected, shape)):
         raise JPQConfigError(f"interactions has shape {shape}; counts say (users, items) = {expected}")
-    user, item = svd_codes(interactions, config.M, config.ksub, config.seed)
-    return {e: {"user": user, "item": item}[e] for e in entities}
+    by_entity = assign_codes(config, interactions)
+    return {e: by_entity[e] for e in entities}
 
 
 def apply_jpq(
@@ -157,6 +159,7 @@ def apply_jpq(
     _refuse_compressed(model)
     counts = _checked_counts(counts, config.id_targets)
     refs = find_id_tables(model, counts, config.id_targets)
+    config = config.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)
         config.check_rows(ref.shape[0], table=ref.path)

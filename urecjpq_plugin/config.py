@@ -12,13 +12,19 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
-CODE_ASSIGNMENTS = ("svd", "random", "features", "features_svd")
+CODE_ASSIGNMENTS = ("svd", "svd_proj", "random", "features", "features_svd")
 ID_TARGETS = ("user", "item")
 FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS
+AUTO = "auto"
+# jpq_M: auto gives each split DSUB_AUTO dimensions: more splits at the same trainable parameters
+# (ksub * d per table) was the strongest accuracy lever measured (README, "Choosing M"), and
+# uint8 codes of d/4 bytes keep a checkpoint near 1/16 of the float32 table.
+DSUB_AUTO = 4
 MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop here too
 
 
@@ -28,6 +34,15 @@ class URecJPQError(ValueError):
 
 class JPQConfigError(URecJPQError):
     """A JPQ option has a value the plugin cannot use."""
+
+
+def auto_M(dim: int) -> int:
+    """``d / DSUB_AUTO`` when that divides ``d``, else the most splits of at least DSUB_AUTO dims each."""
+    best = 1
+    for m in range(1, dim + 1):
+        if dim % m == 0 and dim // m >= DSUB_AUTO:
+            best = m
+    return best
 
 
 def parse_bool(value: Any, key: str = "jpq") -> bool:
@@ -65,8 +80,10 @@ class JPQConfig:
     seed: int = 2020
 
     def __post_init__(self) -> None:
-        if isinstance(self.M, bool) or not isinstance(self.M, int) or self.M < 1:
-            raise JPQConfigError(f"jpq_M={self.M!r} is invalid; it must be a positive integer")
+        if isinstance(self.M, str) and self.M.strip().lower() == AUTO:
+            object.__setattr__(self, "M", AUTO)
+        elif isinstance(self.M, bool) or not isinstance(self.M, int) or self.M < 1:
+            raise JPQConfigError(f"jpq_M={self.M!r} is invalid; it must be a positive integer or {AUTO!r}")
         if isinstance(self.ksub, bool) or not isinstance(self.ksub, int) or not 2 <= self.ksub <= MAX_KSUB:
             raise JPQConfigError(
                 f"jpq_ksub={self.ksub!r} is invalid; it must be an integer in [2, MAX_KSUB={MAX_KSUB}] "
@@ -92,8 +109,17 @@ class JPQConfig:
     def feature_targets(self) -> tuple[str, ...]:
         return tuple(t for t in self.targets if t in FEATURE_TARGETS)
 
+    def for_dims(self, dims: Iterable[int]) -> JPQConfig:
+        """This config with ``M`` fixed for tables of these widths (``auto`` resolved, see :func:`auto_M`)."""
+        if self.M != AUTO:
+            return self
+        dims = [int(d) for d in dims]
+        return replace(self, M=auto_M(math.gcd(*dims)) if dims else 1)
+
     def check_dim(self, dim: int, table: str = "table") -> None:
         """faiss's rule: the embedding size must split evenly into ``M`` parts."""
+        if self.M == AUTO:
+            return
         if dim % self.M != 0:
             raise JPQConfigError(
                 f"embedding size {dim} of {table} is not a multiple of jpq_M={self.M}; "
@@ -121,6 +147,8 @@ class JPQConfig:
 
         def as_int(key: str, default: int) -> int:
             value = get(key, default)
+            if key == "jpq_M" and isinstance(value, str) and value.strip().lower() == AUTO:
+                return AUTO
             try:
                 if isinstance(value, str):
                     value = int(value.strip())

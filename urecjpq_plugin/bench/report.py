@@ -189,7 +189,7 @@ def _sweep_plot(ax, cells: list[dict], metric: str, axis: str, colors: dict, fix
     for model, color in colors.items():
         lines: dict[tuple, list] = {}
         for a in cells:
-            if a["model"] == model and a["variant"] == "jpq":
+            if a["model"] == model and a["variant"] == "jpq" and str(a[axis]).isdigit():  # not M=auto
                 lines.setdefault(tuple(a[k] for k in fixed), []).append((int(a[axis]), a[metric], a[f"sd_{metric}"]))
         for key, pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
             pts.sort()

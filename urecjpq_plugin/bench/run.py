@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from ..config import JPQConfig, JPQConfigError, parse_list
+from ..config import AUTO, JPQConfig, JPQConfigError, parse_list
 from .hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, failure_reason, run_in_subprocess
 from .report import write_reports
 from .store import all_runs, load_run, open_folder, save_run
@@ -47,6 +47,12 @@ def _ints(text: str, flag: str) -> list[int]:
         raise JPQConfigError(f"{flag} {text!r} is not a comma-separated list of integers") from None
 
 
+def _M_values(text: str) -> list:
+    """--M: integers and/or ``auto`` (d / 4 per model, see config.auto_M)."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    return [AUTO if v.lower() == AUTO else _ints(v, "--M")[0] for v in values]
+
+
 def _set_pairs(pairs: Sequence[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -65,7 +71,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--host", default="recbole", help=f"one of {', '.join(HOST_RUNNERS)} (default recbole)")
     p.add_argument("--models", default=None, help="comma-separated (default: recbole BPR,LightGCN,NGCF,SGL,SimpleX)")
     p.add_argument("--dataset", default=None, help="dataset name (default: recbole ml-100k)")
-    p.add_argument("--M", default="8", help="jpq_M values, e.g. 2,4,8,16,32 (default 8)")
+    p.add_argument("--M", default=None, help="jpq_M values, e.g. 4,8,16,auto (default: the plugin's default jpq_M)")
     p.add_argument("--ksub", default="256", help="jpq_ksub values (default 256)")
     p.add_argument("--code-assign", default="svd", help="jpq_code_assign values (default svd)")
     p.add_argument("--targets", default="user+item", help="jpq_targets values, tables joined by + (default user+item)")
@@ -123,7 +129,7 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     settings = {"host": args.host, "dataset": dataset, "budget": args.budget, "set": budget, "threads": args.threads}
     grid = []
     for M, ksub, code, targets in itertools.product(
-        _ints(args.M, "--M"), _ints(args.ksub, "--ksub"), parse_list(args.code_assign),
+        _M_values(args.M or str(JPQConfig.M)), _ints(args.ksub, "--ksub"), parse_list(args.code_assign),
         [tuple(t.split("+")) for t in parse_list(args.targets)],
     ):
         grid.append(JPQConfig(M=M, ksub=ksub, code_assign=code, targets=targets))  # checks values
@@ -154,7 +160,7 @@ def _check_recbole(models: list[str], dataset: str, budget: dict, grid: list[JPQ
     for model in models:
         dim = budget.get("embedding_size") or model_embedding_size(model)
         for cfg in grid:
-            if dim and cfg.M != "auto":
+            if dim:
                 cfg.check_dim(int(dim), f"{model}'s embedding tables")
 
 

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..codes import log_distinct_fractions, random_codes, svd_codes
+from ..assign import assign_codes
+from ..codes import random_codes
 from ..config import JPQConfig, URecJPQError, jpq_enabled
-from ..features import FeatureSwap, check_feature_dim, feature_id_codes, normalised_concat, pq_feature_table
+from ..features import FeatureSwap, check_feature_dim, pq_feature_table
 from ..inject import (
     JPQTargetError,
     SwapRecord,
@@ -179,16 +180,8 @@ def load_item_features(model: nn.Module, config: Any) -> list[np.ndarray]:
 def compute_codes(jcfg: JPQConfig, dataloader: Any, model: nn.Module, config: Any) -> dict[str, torch.Tensor]:
     """User/item codes from the training split (``dataloader`` is MMRec's train loader)."""
     inter = dataloader.inter_matrix(form="csr").astype(np.float32)
-    n_users, n_items = inter.shape
-    if jcfg.code_assign == "svd":
-        user, item = svd_codes(inter, jcfg.M, jcfg.ksub, jcfg.seed)
-    elif jcfg.code_assign == "random":
-        user = random_codes(n_users, jcfg.M, jcfg.ksub, jcfg.seed)
-        item = random_codes(n_items, jcfg.M, jcfg.ksub, jcfg.seed + 1)
-    else:
-        features = normalised_concat(load_item_features(model, config))
-        user, item = feature_id_codes(features, inter, jcfg.M, jcfg.ksub, jcfg.seed, jcfg.code_assign)
-    return log_distinct_fractions({"user": user, "item": item})
+    features = load_item_features(model, config) if jcfg.code_assign.startswith("features") else None
+    return assign_codes(jcfg, inter, item_features=features, host="the MMRec host")
 
 
 def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
@@ -229,6 +222,8 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any, placeholder: 
                 f"urecjpq: jpq_targets includes {target}, but {name} has no {FEATURE_TABLES[target]} table "
                 "(it uses the raw features without a fine-tuned table); nothing to compress there"
             )
+    # jpq_M: auto -> from the ID tables' width; feature tables share that M.
+    jcfg = jcfg.for_dims([r.shape[1] for r in refs] or [m.weight.shape[1] for m in wanted_features.values()])
     for ref in refs:
         jcfg.check_dim(ref.shape[1], table=ref.path)
     for target, module in wanted_features.items():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..codes import log_distinct_fractions, random_codes, svd_codes
+from ..assign import assign_codes
 from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 from ..inject import count_trainable, find_id_tables, format_records, inject_jpq, jpq_modules, subclass_with
 
@@ -103,19 +103,9 @@ def _get_model_with_jpq(original: Any) -> Any:
 
 def compute_codes(config: JPQConfig, dataset: Any) -> dict[str, torch.Tensor]:
     """Codes per entity from the dataset the model is built with (RecBole passes the train split)."""
-    n = {"user": dataset.user_num, "item": dataset.item_num}
-    if config.code_assign == "svd":
-        inter = dataset.inter_matrix(form="csr").astype("float32")
-        user, item = svd_codes(inter, config.M, config.ksub, config.seed)
-        return log_distinct_fractions({"user": user, "item": item})
-    if config.code_assign == "random":
-        return log_distinct_fractions(
-            {e: random_codes(n[e], config.M, config.ksub, config.seed + i) for i, e in enumerate(n)}
-        )
-    raise JPQConfigError(
-        f"jpq_code_assign={config.code_assign!r} needs multimodal item features, which the RecBole host "
-        "does not have; use svd or random"
-    )
+    counts = {"user": dataset.user_num, "item": dataset.item_num}
+    inter = dataset.inter_matrix(form="csr") if config.code_assign != "random" else None
+    return assign_codes(config, inter, counts, host="the RecBole host")
 
 
 def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
@@ -128,6 +118,7 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
         )
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     refs = find_id_tables(model, counts, jcfg.id_targets)
+    jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     before = count_trainable(model)
     cache: dict[str, torch.Tensor] = {}
 
@@ -201,6 +192,9 @@ def activate() -> None:
         return
     import importlib
 
+    from .recbole_compat import apply as apply_recbole_compat
+
+    apply_recbole_compat()  # numpy 2 / new scipy / no ray: shims only where the stack needs them
     import recbole.quick_start as qs_pkg
     import recbole.utils as utils_pkg
     from recbole.quick_start import quick_start

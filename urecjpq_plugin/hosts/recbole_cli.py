@@ -119,7 +119,7 @@ def _into_recbole_log(line: str) -> None:
     import logging
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None and not handler.stream.closed:
             handler.acquire()
             try:
                 handler.stream.write(line + "\n")

@@ -1,0 +1,78 @@
+"""Code assignment through the one entry point, svd_proj codes, and jpq_M: auto."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from urecjpq_plugin import JPQConfig, apply_jpq
+from urecjpq_plugin.assign import assign_codes
+from urecjpq_plugin.codes import distinct_code_fraction
+from urecjpq_plugin.config import JPQConfigError, auto_M
+
+
+def block_matrix(n_users=400, n_items=300, blocks=6, seed=0):
+    """Users interact mostly inside their block of items: items of a block are alike."""
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for u in range(n_users):
+        b = u % blocks
+        items = rng.choice(np.arange(b, n_items, blocks), size=15, replace=False)
+        rows += [u] * 15
+        cols += list(items)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+
+
+@pytest.mark.parametrize("how", ["svd", "svd_proj", "random"])
+def test_every_assignment_gives_distinct_deterministic_codes(how):
+    X = block_matrix()
+    cfg = JPQConfig(M=8, ksub=32, code_assign=how, seed=3)
+    a, b = assign_codes(cfg, X), assign_codes(cfg, X)
+    for entity, n in (("user", 400), ("item", 300)):
+        assert a[entity].shape == (n, 8) and a[entity].dtype == torch.uint8
+        assert torch.equal(a[entity], b[entity])
+        assert distinct_code_fraction(a[entity]) == 1.0
+
+
+def test_svd_proj_keeps_alike_items_together_in_every_split():
+    X = block_matrix()
+    blocks = np.arange(300) % 6
+    same = blocks[:, None] == blocks[None, :]
+    off_diag = ~np.eye(300, dtype=bool)
+
+    def shared_subids(codes):  # mean number of splits two items share, within and across blocks
+        c = codes.numpy().astype(np.int64)
+        share = sum((c[:, k, None] == c[None, :, k]).astype(np.int32) for k in range(c.shape[1]))
+        return share[same & off_diag].mean(), share[~same].mean()
+
+    within, across = shared_subids(assign_codes(JPQConfig(M=8, ksub=16, code_assign="svd_proj"), X)["item"])
+    r_within, r_across = shared_subids(assign_codes(JPQConfig(M=8, ksub=16, code_assign="random"), X)["item"])
+    assert within > 2 * across and within > 1.5 * r_within
+
+
+def test_features_need_features_and_interactions_are_needed():
+    with pytest.raises(JPQConfigError, match="needs multimodal item features"):
+        assign_codes(JPQConfig(code_assign="features", M=8, ksub=16), block_matrix())
+    with pytest.raises(JPQConfigError, match="needs the training interactions"):
+        assign_codes(JPQConfig(code_assign="svd", M=8, ksub=16), None, {"user": 10, "item": 10})
+
+
+def test_auto_M_gives_four_dimensions_per_split():
+    assert [auto_M(d) for d in (64, 128, 100, 30, 8, 3)] == [16, 32, 25, 6, 2, 1]
+    cfg = JPQConfig.from_mapping({"jpq_M": "auto"})
+    assert cfg.M == "auto" and cfg.for_dims([64, 64]).M == 16 and cfg.for_dims([64, 32]).M == 8
+    with pytest.raises(JPQConfigError, match="positive integer or 'auto'"):
+        JPQConfig(M="many")
+
+
+def test_apply_jpq_resolves_auto_from_the_tables():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user_embedding, self.item_embedding = nn.Embedding(400, 64), nn.Embedding(300, 64)
+
+    model = Tiny()
+    apply_jpq(model, JPQConfig(M="auto", ksub=32, code_assign="svd"), {"user": 400, "item": 300},
+              interactions=block_matrix())
+    assert model.user_embedding.M == model.item_embedding.M == 16 and model.item_embedding.dsub == 4
