@@ -111,3 +111,28 @@ def test_state_dict_is_compact():
 def test_bad_construction_is_a_clear_error(kwargs, match):
     with pytest.raises(JPQConfigError, match=match):
         JPQEmbedding(**kwargs)
+
+
+def test_weight_without_autograd_follows_every_change_of_the_table():
+    emb = JPQEmbedding(random_codes(30, 2, 4, 0), 4, 8, padding_idx=2)
+
+    def fresh() -> torch.Tensor:
+        return torch.cat([emb.sub_embeddings[k, emb.codes[:, k].long()] for k in range(2)], 1).detach() * (
+            torch.arange(30) != 2
+        ).unsqueeze(1)
+
+    with torch.no_grad():
+        first = emb.weight
+        assert torch.equal(first, fresh()) and emb.weight is first  # reused while nothing changed
+        first.mul_(0)  # a caller writing into what it got must not poison later reads
+        assert torch.equal(emb.weight, fresh())
+    torch.optim.SGD(emb.parameters(), lr=1.0).zero_grad()
+    (emb.weight ** 2).sum().backward()  # with autograd: a fresh differentiable decode
+    torch.optim.SGD(emb.parameters(), lr=1.0).step()
+    with torch.no_grad():
+        assert torch.equal(emb.weight, fresh())
+    emb.load_state_dict({"codes": random_codes(30, 2, 4, 1), "sub_embeddings": torch.randn(2, 4, 4)})
+    with torch.no_grad():
+        assert torch.equal(emb.weight, fresh())
+    with torch.inference_mode():
+        assert torch.equal(emb.weight, fresh())

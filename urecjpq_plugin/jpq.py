@@ -13,6 +13,11 @@ from .codes import as_codes
 from .config import JPQConfigError
 
 
+# Largest decoded table ``JPQEmbedding.weight`` keeps between reads without autograd (bigger ones are
+# decoded per read, so a compressed catalogue never holds its full table at rest).
+WEIGHT_CACHE_BYTES = 64 * 2**20
+
+
 class _GatherRows(torch.autograd.Function):
     """``table.index_select(0, rows)`` whose backward accumulates with ``index_put_``.
 
@@ -122,19 +127,50 @@ class JPQEmbedding(nn.Module):
         flat_ids = ids.reshape(-1)
         if flat_ids.dtype not in (torch.int64, torch.int32):
             flat_ids = flat_ids.long()  # as nn.Embedding: integer ids of any width
-        out = self.decode(self.codes.index_select(0, flat_ids))  # index_select: ~5x faster than codes[ids]
+        rows = self._flat_rows(self.codes.index_select(0, flat_ids))  # index_select: ~5x faster than codes[ids]
+        table = self.sub_embeddings.reshape(self.M * self.ksub, self.dsub)
         if self.padding_idx is not None:
-            out = out.masked_fill((flat_ids == self.padding_idx).unsqueeze(-1), 0)
-        return out.reshape(*ids.shape, self.embedding_dim)
+            # Padding ids read an appended constant zero row: masking M int64 row numbers per id
+            # costs far less than masking the d floats of the output and of its gradient
+            # (SimpleX pads every user history: 200k padded lookups a batch).
+            is_padding = (flat_ids == self.padding_idx).unsqueeze(-1)
+            rows.view(-1, self.M).masked_fill_(is_padding, table.shape[0])
+            table = torch.cat([table, table.new_zeros(1, self.dsub)])
+        return gather_rows(table, rows).reshape(*ids.shape, self.embedding_dim)
 
     @property
     def weight(self) -> torch.Tensor:
-        """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight``."""
+        """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight``.
+
+        Without autograd (evaluation) a table up to :data:`WEIGHT_CACHE_BYTES` is decoded once and
+        reused until the sub-embeddings or codes change: hosts such as SimpleX read ``.weight`` for every
+        evaluation batch, which RecBole makes two users small on ml-100k.
+        """
+        cacheable = self._weight_cacheable()
+        if cacheable:
+            cached = self.__dict__.get("_decoded_weight")
+            if cached is not None and cached[0] == self._weight_stamp() and cached[1]._version == cached[2]:
+                return cached[1]
+        self.__dict__.pop("_decoded_weight", None)
         out = self.decode(self.codes)
         if self.padding_idx is not None:
             # In place on the fresh decode (its backward does not need it): no second [N, d] pass.
             out[self.padding_idx] = 0
+        if cacheable:
+            self.__dict__["_decoded_weight"] = (self._weight_stamp(), out, out._version)
         return out
+
+    def _weight_cacheable(self) -> bool:
+        sub = self.sub_embeddings
+        if (sub.requires_grad and torch.is_grad_enabled()) or torch.is_inference_mode_enabled():
+            return False  # inference tensors have no version counter to validate a cache with
+        return self.num_embeddings * self.embedding_dim * sub.element_size() <= WEIGHT_CACHE_BYTES
+
+    def _weight_stamp(self) -> tuple:
+        # Version counters move on every in-place change (optimizer steps, load_state_dict);
+        # data_ptr/dtype catch replaced storage (.to(), .data = ...).
+        sub, codes = self.sub_embeddings, self.codes
+        return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr())
 
     def score(self, queries: torch.Tensor) -> torch.Tensor:
         """``queries [B, d]`` -> ``[B, num_embeddings]`` dot products with the rows (padding column 0).
