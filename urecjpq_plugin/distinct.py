@@ -84,6 +84,31 @@ def _free_neighbours(code: np.ndarray, ksub: int, used: np.ndarray, taken: set):
         low = high
 
 
+def _move_to_near_codes(codes: np.ndarray, movers: np.ndarray, ksub: int, used: np.ndarray, max_dist: int):
+    """Vectorised first pass: one-split moves up to ``max_dist``, in :func:`_free_neighbours`'
+    order, all movers at once (most find a free code at distance 1). Returns the movers left
+    and the keys now taken."""
+    M = codes.shape[1]
+    taken = np.empty(0, dtype=np.uint64)
+    for dist in range(1, min(max_dist, ksub - 1) + 1):
+        for k in range(M):
+            for sign in (1, -1):
+                if not len(movers):
+                    return movers, taken
+                value = codes[movers, k].astype(np.int64) + sign * dist
+                cand = codes[movers].copy()
+                cand[:, k] = np.clip(value, 0, ksub - 1)
+                keys = row_keys(cand, ksub)
+                ok = (value >= 0) & (value < ksub) & ~_contains(used, keys)
+                if len(taken):
+                    ok &= ~_contains(taken, keys)
+                ok &= np.isin(np.arange(len(keys)), np.unique(keys, return_index=True)[1])  # first mover wins
+                codes[movers[ok]] = cand[ok]
+                taken = np.union1d(taken, keys[ok])
+                movers = movers[~ok]
+    return movers, taken
+
+
 def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.ndarray, taken: set, seed: int) -> int:
     """Free codes from anywhere in the space for ``rows`` (whose one-split neighbours are all taken):
     the first free ones of a small space, random draws in a large one. Returns the rows left without."""
@@ -128,10 +153,14 @@ def make_distinct(codes: np.ndarray, ksub: int, seed: int = 0) -> int:
     mover_group = np.delete(group.reshape(-1), first)
     space = ksub**M
     movable = min(len(movers), space - (n - int(np.count_nonzero(repeats))))  # free codes bound the moves
-    taken: set[int] = set()
+    left = len(movers) - movable
+    pending, taken_keys = _move_to_near_codes(codes, movers[:movable], ksub, used, max_dist=2)
+    keep = np.isin(movers[:movable], pending)
+    movers, mover_group = movers[:movable][keep], mover_group[:movable][keep]
+    taken: set[int] = set(taken_keys.tolist())
     searches: dict = {}
     stranded = []
-    for row, g in zip(movers[:movable], mover_group[:movable]):
+    for row, g in zip(movers, mover_group):
         if g not in searches:
             searches[g] = _free_neighbours(codes[row].copy(), ksub, used, taken)
         code, key = next(searches[g], (None, None))
@@ -140,7 +169,6 @@ def make_distinct(codes: np.ndarray, ksub: int, seed: int = 0) -> int:
             continue
         codes[row] = code
         taken.add(key)
-    left = len(movers) - movable
     if stranded:
         left += _place_anywhere(codes, np.array(stranded), ksub, used, taken, seed)
     if left:
