@@ -14,8 +14,10 @@ anything changes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -47,6 +49,27 @@ _ENTRY_KEYS = ("path", "entity", "kind", "rows", "dim", "M", "ksub", "padding_id
 
 class JPQCheckpointError(URecJPQError):
     """A checkpoint and the model being loaded disagree (tables, shapes, compressed or not)."""
+
+
+_BUILDING_FOR_LOAD: ContextVar[bool] = ContextVar("urecjpq_building_for_load", default=False)
+
+
+@contextmanager
+def building_for_load() -> Iterator[None]:
+    """Models built inside get JPQ tables with placeholder (zero) codes: no SVD, no k-means.
+
+    For a model that a checkpoint will fill: the host builds the compressed structure, then the
+    state load brings the real codes and sub-embeddings (hosts ask :func:`is_building_for_load`).
+    """
+    token = _BUILDING_FOR_LOAD.set(True)
+    try:
+        yield
+    finally:
+        _BUILDING_FOR_LOAD.reset(token)
+
+
+def is_building_for_load() -> bool:
+    return _BUILDING_FOR_LOAD.get()
 
 
 @dataclass(frozen=True)

@@ -116,16 +116,27 @@ def match_id_tables(
     return refs
 
 
-def find_id_tables(model: nn.Module, counts: Mapping[str, int], targets: Iterable[str]) -> list[TableRef]:
-    """Resolve the ID tables of ``model``; raise :class:`JPQTargetError` naming what was searched."""
+def find_id_tables(
+    model: nn.Module,
+    counts: Mapping[str, int],
+    targets: Iterable[str],
+    declared: Mapping[str, Iterable[str]] | None = None,
+    declared_by: str = "registered",
+) -> list[TableRef]:
+    """Resolve the ID tables of ``model``; raise :class:`JPQTargetError` naming what was searched.
+
+    ``declared``: table paths by entity from elsewhere (a host's YAML or table specs; ``declared_by``
+    names where); without it the registry, then the default rule.
+    """
     targets = tuple(targets)
     candidates = list_candidate_tables(model)
-    registered = registered_tables(model)
-    refs = match_id_tables(candidates, counts, targets, registered)
+    if declared is None:
+        declared = registered_tables(model)
+    refs = match_id_tables(candidates, counts, targets, declared)
     if not refs:
         searched = (
-            f"registered tables {dict(registered)}"
-            if registered is not None
+            f"{declared_by} tables {dict(declared)}"
+            if declared is not None
             else "nn.Embedding modules and 2-D Parameters named like user/item (user_embedding, item_emb, "
             f"u_embedding ...) with rows = {dict((t, counts.get(t)) for t in targets)}"
         )
@@ -133,7 +144,8 @@ def find_id_tables(model: nn.Module, counts: Mapping[str, int], targets: Iterabl
         raise JPQTargetError(
             f"model {type(model).__name__} has no ID table for jpq_targets={list(targets)}: searched {searched}; "
             f"2-D tables present: {', '.join(present)}; declare yours with "
-            f"urecjpq_plugin.register_id_tables({type(model).__name__!r}, user=[...], item=[...])"
+            f"urecjpq_plugin.register_id_tables({type(model).__name__!r}, user=[...], item=[...]) "
+            "or the YAML key jpq_tables: {user: [...], item: [...]}"
         )
     return refs
 

@@ -17,18 +17,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..apply import JPQCheckpointError, building_for_load
 from ..assign import assign_codes
-from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
-from ..inject import count_trainable, find_id_tables, format_records, inject_jpq, jpq_modules, subclass_with
+from ..config import JPQConfig, JPQConfigError
+from ..inject import count_trainable, inject_jpq, jpq_modules
+from .base import Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, wrap_model_class
+
+__all__ = ["JPQCheckpointError", "activate", "check_state_matches", "compress_model", "compute_codes",
+           "deactivate", "is_active", "load_data_and_model", "run"]
 
 _WRAPPED: dict[type, type] = {}
-_ACTIVE = False
+_PATCHES = Patches()
 # RecBole modules that call torch.load on its own pickled checkpoints (config objects inside).
 _TORCH_LOAD_MODULES = ("recbole.trainer.trainer",)
-
-
-class JPQCheckpointError(URecJPQError):
-    """A checkpoint and the model being loaded disagree on whether tables are JPQ-compressed."""
 
 
 # -- compatibility with today's torch ---------------------------------------------------------
@@ -52,27 +53,18 @@ class _TorchLoadsPickles(types.ModuleType):
 
 
 def _let_module_load_pickles(module: types.ModuleType) -> None:
-    if getattr(module, "torch", None) is torch:
-        module.torch = _TorchLoadsPickles()
+    if torch.__version__ >= "2.6" and getattr(module, "torch", None) is torch:
+        _PATCHES.set(module, "torch", _TorchLoadsPickles())
+
+
+def _model_module_loads_pickles(cls: type) -> None:
+    module = sys.modules.get(cls.__module__)
+    if module is not None:
+        _let_module_load_pickles(module)  # NeuMF/ConvNCF/... load pretrained checkpoints
 
 
 # -- model construction -----------------------------------------------------------------------
-def _wrap_model_class(cls: type) -> type:
-    """Subclass ``cls`` so construction ends with the JPQ swap (when the config asks for it)."""
-    if getattr(cls, "_urecjpq_wrapped", False):
-        return cls
-    if cls in _WRAPPED:
-        return _WRAPPED[cls]
-
-    def __init__(self: nn.Module, config: Any, dataset: Any) -> None:
-        cls.__init__(self, config, dataset)
-        if jpq_enabled(config):
-            compress_model(self, config, dataset)
-
-    def load_state_dict(self: nn.Module, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
-        check_state_matches(self, state_dict)
-        return cls.load_state_dict(self, state_dict, *args, **kwargs)
-
+def _other_parameter(cls: type) -> dict:
     def other_parameter(self: nn.Module) -> Any:
         # RecBole caches the propagated full tables as restore_user_e/restore_item_e; they are
         # recomputed from the weights on the first full-sort prediction, so a compact checkpoint
@@ -82,23 +74,12 @@ def _wrap_model_class(cls: type) -> type:
             state = {k: (None if k.startswith("restore_") else v) for k, v in state.items()}
         return state
 
-    wrapped = subclass_with(
-        cls, __init__=__init__, load_state_dict=load_state_dict, other_parameter=other_parameter
-    )
-    _WRAPPED[cls] = wrapped
-    return wrapped
+    return {"other_parameter": other_parameter}
 
 
-def _get_model_with_jpq(original: Any) -> Any:
-    def get_model(model_name: str) -> type:
-        cls = original(model_name)
-        module = sys.modules.get(cls.__module__)
-        if module is not None and torch.__version__ >= "2.6":
-            _let_module_load_pickles(module)  # NeuMF/ConvNCF/... load pretrained checkpoints
-        return _wrap_model_class(cls)
-
-    get_model._urecjpq_original = original  # type: ignore[attr-defined]
-    return get_model
+def _wrap_model_class(cls: type) -> type:
+    """Subclass ``cls`` so construction ends with the JPQ swap (when the config asks for it)."""
+    return wrap_model_class(cls, compress_model, _WRAPPED, members=_other_parameter)
 
 
 def compute_codes(config: JPQConfig, dataset: Any) -> dict[str, torch.Tensor]:
@@ -117,46 +98,16 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
             "host has; valid here: user, item"
         )
     counts = {"user": dataset.user_num, "item": dataset.item_num}
-    refs = find_id_tables(model, counts, jcfg.id_targets)
+    refs, _ = find_tables(model, counts, jcfg.id_targets, config)
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     before = count_trainable(model)
-    cache: dict[str, torch.Tensor] = {}
-
-    def codes_for(entity: str) -> torch.Tensor:
-        if not cache:
-            cache.update(compute_codes(jcfg, dataset))
-        return cache[entity]
-
-    records = inject_jpq(model, refs, codes_for, jcfg)
+    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset)), jcfg)
     from .recbole_topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # full-sort scoring from codes where the item score is a plain dot product
-    logger = getLogger()
-    logger.info(format_records(records))
-    logger.info(
-        f"JPQ M={jcfg.M} ksub={jcfg.ksub} codes={jcfg.code_assign}: trainable parameters {before:,} -> "
-        f"{count_trainable(model):,}"
-    )
+    log_swaps(records, jcfg, before, count_trainable(model))
     model._urecjpq_records = records
     return records
-
-
-def check_state_matches(model: nn.Module, state_dict: Any) -> None:
-    """Refuse, with a one-line reason, a checkpoint whose tables do not match the model's."""
-    jpq_keys = [k for k in state_dict if k.endswith(".sub_embeddings")]
-    modules = jpq_modules(model)
-    if jpq_keys and not modules:
-        raise JPQCheckpointError(
-            f"checkpoint holds JPQ-compressed tables ({', '.join(jpq_keys[:4])}) but {type(model).__name__} "
-            "was built without them; activate urecjpq_plugin and set jpq: true to load it"
-        )
-    for name, module in modules.items():
-        prefix = name[:-4] if name.endswith("_jpq") else name
-        if f"{name}.sub_embeddings" not in state_dict and f"{prefix}.weight" in state_dict:
-            raise JPQCheckpointError(
-                f"checkpoint holds an uncompressed table {prefix}.weight but the model was built with jpq: true; "
-                "load it with jpq: false, or convert it with `urecjpq compress`"
-            )
 
 
 # -- checkpoint loading -----------------------------------------------------------------------
@@ -179,7 +130,8 @@ def load_data_and_model(model_file: str):
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
-    model = quick_start.get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    with building_for_load():  # placeholder codes: the checkpoint brings the real ones
+        model = quick_start.get_model(config["model"])(config, train_data._dataset).to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
@@ -187,8 +139,7 @@ def load_data_and_model(model_file: str):
 
 def activate() -> None:
     """Install the hook (idempotent). Call before building models; ``jpq: true`` then compresses."""
-    global _ACTIVE
-    if _ACTIVE:
+    if _PATCHES.active:
         return
     import importlib
 
@@ -200,19 +151,24 @@ def activate() -> None:
     from recbole.quick_start import quick_start
     from recbole.utils import utils
 
-    hooked = _get_model_with_jpq(utils.get_model)
+    hooked = hooked_get_model(utils.get_model, _wrap_model_class, after=_model_module_loads_pickles)
     for module in (quick_start, utils, utils_pkg):
-        module.get_model = hooked
-    quick_start.load_data_and_model = load_data_and_model
-    qs_pkg.load_data_and_model = load_data_and_model
-    if torch.__version__ >= "2.6":
-        for name in _TORCH_LOAD_MODULES:
-            _let_module_load_pickles(importlib.import_module(name))
-    _ACTIVE = True
+        _PATCHES.set(module, "get_model", hooked)
+    for module in (quick_start, qs_pkg):
+        _PATCHES.set(module, "load_data_and_model", load_data_and_model)
+    for name in _TORCH_LOAD_MODULES:
+        _let_module_load_pickles(importlib.import_module(name))
+    _PATCHES.active = True
+
+
+def deactivate() -> None:
+    """Undo :func:`activate`: every RecBole attribute it (or a hooked ``get_model``) replaced is restored.
+    Models built meanwhile keep their JPQ tables."""
+    _PATCHES.undo()
 
 
 def is_active() -> bool:
-    return _ACTIVE
+    return _PATCHES.active
 
 
 def run(model: str, dataset: str, **kwargs: Any) -> Any:
@@ -222,7 +178,7 @@ def run(model: str, dataset: str, **kwargs: Any) -> Any:
         # Spawned ranks do not inherit this process's hooks; this runner re-installs them in each.
         from .recbole_ddp import run_distributed
 
-        return run_distributed(model, dataset, **kwargs)
+        return run_distributed(model, dataset, activate=activate, **kwargs)
     from recbole.quick_start import run as recbole_run
 
     return recbole_run(model, dataset, **kwargs)

@@ -28,14 +28,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..config import URecJPQError
-from ..inject import jpq_modules
+from ..inject import jpq_modules, subclass_with
 
 BACKENDS = ("gloo", "nccl")
 # Facts gathered in this rank for the result rank 0 hands back (per-rank digests).
@@ -180,10 +180,8 @@ def _synced_model_class(cls: type) -> type:
             ]
             _ignore_fixed_buffers_in_ddp(self)
 
-    synced = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                         "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
-    _SYNCED[cls] = synced
-    return synced
+    _SYNCED[cls] = subclass_with(cls, __init__=__init__)
+    return _SYNCED[cls]
 
 
 def _distributed_trainer_class(cls: type) -> type:
@@ -208,8 +206,7 @@ def _distributed_trainer_class(cls: type) -> type:
             dist.barrier()
         return cls.evaluate(self, eval_data, *args, **kwargs)
 
-    return type(cls.__name__, (cls,), {"__init__": __init__, "fit": fit, "evaluate": evaluate,
-                                       "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return subclass_with(cls, __init__=__init__, fit=fit, evaluate=evaluate)
 
 
 def _init_device_gloo(original: Any) -> Any:
@@ -269,13 +266,11 @@ def _init_logger_rank0_files(original: Any) -> Any:
     return init_logger
 
 
-def install_rank_patches(local_rank: int, backend: str) -> None:
-    """Activate the plugin and patch RecBole for this rank (in-process, this process only)."""
+def install_rank_patches(local_rank: int, backend: str, activate: Callable[[], None]) -> None:
+    """Activate the plugin (the RecBole host's ``activate``) and patch RecBole for this rank (this process only)."""
     from recbole.config import configurator
     from recbole.quick_start import quick_start
     from recbole.trainer import trainer
-
-    from .recbole import activate
 
     if _PATCHED:
         return
@@ -294,11 +289,11 @@ def install_rank_patches(local_rank: int, backend: str) -> None:
 
 
 def _worker(local_rank: int, model: str, dataset: str, config_file_list: Any, config_dict: dict,
-            saved: bool, backend: str, threads: int | None, queue: Any) -> None:
+            saved: bool, backend: str, threads: int | None, queue: Any, activate: Callable[[], None]) -> None:
     """One rank (target of ``mp.spawn``): patch, then RecBole's own ``run_recbole``."""
     if threads:
         torch.set_num_threads(threads)
-    install_rank_patches(local_rank, backend)
+    install_rank_patches(local_rank, backend, activate)
     from recbole.quick_start import run_recbole
 
     config_dict = {**config_dict, "local_rank": local_rank}
@@ -335,13 +330,15 @@ def run_distributed(
     port: str | int = "5678",
     group_offset: int = 0,
     backend: str | None = None,
+    activate: Callable[[], None] | None = None,
 ) -> dict | None:
     """RecBole's ``run(..., nproc, world_size, ip, port, group_offset)`` with JPQ in every rank.
 
     Spawns ``nproc`` ranks on this machine, global ranks ``group_offset .. group_offset+nproc-1`` of
     ``world_size`` (``-1``: ``nproc``). Returns rank 0's result (RecBole's dict plus
     ``jpq_codes_sha256_by_rank`` / ``jpq_weights_sha256_by_rank`` when JPQ is on); ``None`` on nodes
-    without rank 0.
+    without rank 0. ``activate``: installs the host's hooks in each rank (default: the RecBole host's,
+    which :func:`urecjpq_plugin.hosts.recbole.run` passes; it pickles by reference for ``spawn``).
     """
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
@@ -355,6 +352,8 @@ def run_distributed(
             "world_size counts the ranks of all machines"
         )
     backend = resolve_backend(backend)
+    if activate is None:
+        raise JPQDistributedError("run_distributed needs activate= (use urecjpq_plugin.hosts.recbole.run, which passes it)")
     threads = None
     if backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // nproc)  # ranks share this machine's cores
@@ -362,7 +361,7 @@ def run_distributed(
                    "offset": group_offset}
     queue = mp.get_context("spawn").SimpleQueue()
     try:
-        mp.spawn(_worker, args=(model, dataset, config_file_list, config_dict, saved, backend, threads, queue),
+        mp.spawn(_worker, args=(model, dataset, config_file_list, config_dict, saved, backend, threads, queue, activate),
                  nprocs=nproc, join=True)
     except ProcessException:
         for kind, value in _drain(queue):

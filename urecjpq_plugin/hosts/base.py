@@ -1,0 +1,215 @@
+"""What every host shares; a host module adds only what is its own (ID counts, the training matrix
+or features, where its framework builds models, its checkpoint conventions).
+
+- :func:`wrap_model_class` / :func:`hooked_get_model`: the one construction hook (compress right
+  after the host's ``__init__``, check a state before ``load_state_dict``);
+- :func:`check_state_matches`: the one refusal of a compressed/uncompressed mismatch;
+- :func:`find_tables`: which tables, asked in order: the registry, YAML ``jpq_tables``, the host's
+  own specs, the default rule;
+- :func:`codes_source`: codes computed once per build, or placeholders while
+  :func:`~urecjpq_plugin.apply.building_for_load` (a checkpoint brings the real ones);
+- :class:`Patches`: every attribute a host replaces, restorable by ``deactivate()``.
+"""
+
+from __future__ import annotations
+
+from logging import getLogger
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..apply import JPQCheckpointError, is_building_for_load
+from ..codes import code_dtype
+from ..config import JPQConfig, JPQConfigError, jpq_enabled
+from ..inject import (
+    SwapRecord,
+    TableRef,
+    find_id_tables,
+    format_records,
+    jpq_modules,
+    list_candidate_tables,
+    registered_tables,
+    subclass_with,
+)
+
+__all__ = ["JPQCheckpointError", "Patches", "check_state_matches", "codes_source", "find_tables",
+           "hooked_get_model", "log_swaps", "wrap_model_class", "yaml_tables"]
+
+TABLES_KEY = "jpq_tables"
+_MISSING = object()
+
+
+# -- patches ----------------------------------------------------------------------------------------
+class Patches:
+    """Attributes a host replaced, with their originals; :meth:`undo` puts every one back."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+        self.active = False
+
+    def set(self, owner: Any, name: str, value: Any) -> None:
+        self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        setattr(owner, name, value)
+
+    def undo(self) -> None:
+        for owner, name, original in reversed(self._saved):
+            if original is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._saved.clear()
+        self.active = False
+
+
+# -- construction ---------------------------------------------------------------------------------
+def wrap_model_class(
+    cls: type,
+    compress: Callable[[nn.Module, Any, Any], Any],
+    cache: dict[type, type],
+    before_init: Callable[[type, Any, Any], None] | None = None,
+    after_init: Callable[[nn.Module], None] | None = None,
+    members: Callable[[type], dict] | None = None,
+) -> type:
+    """A same-named subclass of ``cls`` whose construction ends with ``compress(model, config, data)``
+    when the config says ``jpq: true``, and whose ``load_state_dict`` checks the state first.
+
+    ``members(cls)``: further host-specific overrides (they may call ``cls``'s methods).
+    """
+    if getattr(cls, "_urecjpq_wrapped", False):
+        return cls
+    if cls in cache:
+        return cache[cls]
+
+    def __init__(self: nn.Module, config: Any, data: Any) -> None:
+        if before_init is not None:
+            before_init(cls, config, data)
+        cls.__init__(self, config, data)
+        if after_init is not None:
+            after_init(self)
+        if jpq_enabled(config):
+            compress(self, config, data)
+
+    def load_state_dict(self: nn.Module, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        check_state_matches(self, state_dict)
+        return cls.load_state_dict(self, state_dict, *args, **kwargs)
+
+    extra = members(cls) if members is not None else {}
+    cache[cls] = subclass_with(cls, __init__=__init__, load_state_dict=load_state_dict, **extra)
+    return cache[cls]
+
+
+def hooked_get_model(original: Callable[[str], type], wrap: Callable[[type], type],
+                     before: Callable[[str], None] | None = None,
+                     after: Callable[[type], None] | None = None) -> Callable[[str], type]:
+    """The host's ``get_model(name)``, returning the wrapped class; ``before``/``after`` see the name/class."""
+    original = getattr(original, "_urecjpq_original", original)
+
+    def get_model(model_name: str) -> type:
+        if before is not None:
+            before(model_name)
+        cls = original(model_name)
+        if after is not None:
+            after(cls)
+        return wrap(cls)
+
+    get_model._urecjpq_original = original  # type: ignore[attr-defined]
+    return get_model
+
+
+# -- state --------------------------------------------------------------------------------------
+def check_state_matches(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a checkpoint whose tables are compressed where the model's are not, or back."""
+    jpq_keys = [k for k in state_dict if k.endswith(".sub_embeddings")]
+    modules = jpq_modules(model)
+    name = type(model).__name__
+    if jpq_keys and not modules:
+        raise JPQCheckpointError(
+            f"checkpoint holds JPQ-compressed tables ({', '.join(jpq_keys[:4])}) but {name} was built without "
+            "them; activate urecjpq_plugin and set jpq: true to load it"
+        )
+    for path in modules:
+        table = path[:-4] if path.endswith("_jpq") else path  # raw Parameters live beside as <name>_jpq
+        plain = next((k for k in (f"{table}.weight", table) if k in state_dict), None)
+        if f"{path}.sub_embeddings" not in state_dict and (plain is not None or not jpq_keys):
+            raise JPQCheckpointError(
+                f"checkpoint holds an uncompressed table {plain or table} but {name} was built with jpq: true; "
+                "load it with jpq: false (a RecBole checkpoint can be converted with `urecjpq compress`)"
+            )
+
+
+# -- which tables ---------------------------------------------------------------------------------
+def yaml_tables(config: Any) -> dict[str, tuple[str, ...]] | None:
+    """``jpq_tables: {user: [...], item: [...]}`` from a host config, checked; ``None`` when absent."""
+    try:
+        value = config[TABLES_KEY]
+    except (KeyError, TypeError):
+        return None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import yaml
+
+        value = yaml.safe_load(value)
+    ok = isinstance(value, Mapping) and value and all(
+        isinstance(paths, (list, tuple, str)) and all(isinstance(p, str) for p in ([paths] if isinstance(paths, str) else paths))
+        for paths in value.values()
+    )
+    if not ok:
+        raise JPQConfigError(
+            f"{TABLES_KEY}={value!r} is invalid; give table paths by entity, e.g. {TABLES_KEY}: "
+            "{user: [user_embedding], item: [item_embedding]}"
+        )
+    return {str(e): (paths,) if isinstance(paths, str) else tuple(paths) for e, paths in value.items()}
+
+
+def declared_tables(model: nn.Module, config: Any = None,
+                    host_specs: Mapping[str, Iterable[str]] | None = None) -> tuple[dict | None, str]:
+    """Table paths by entity and where they came from: ``registry``, ``yaml``, ``host specs`` or ``default rule``."""
+    registered = registered_tables(model)
+    if registered is not None:
+        return dict(registered), "registry"
+    from_yaml = yaml_tables(config)
+    if from_yaml is not None:
+        return from_yaml, "yaml"
+    if host_specs is not None:
+        present = {path for path, _, _ in list_candidate_tables(model)}
+        # a host's specs name every variant of a model; paths absent in this instance are skipped
+        return {e: tuple(p for p in paths if p in present) for e, paths in host_specs.items()}, "host specs"
+    return None, "default rule"
+
+
+def find_tables(model: nn.Module, counts: Mapping[str, int], targets: Iterable[str], config: Any = None,
+                host_specs: Mapping[str, Iterable[str]] | None = None) -> tuple[list[TableRef], str]:
+    """The ID tables of ``model`` for ``targets``, and where the match came from (see :func:`declared_tables`)."""
+    declared, source = declared_tables(model, config, host_specs)
+    return find_id_tables(model, counts, targets, declared, source), source
+
+
+# -- codes and report ---------------------------------------------------------------------------
+def codes_source(jcfg: JPQConfig, counts: Mapping[str, int],
+                 compute: Callable[[], Mapping[str, torch.Tensor]]) -> Callable[[str], torch.Tensor]:
+    """``codes_for(entity)`` for :func:`~urecjpq_plugin.inject.inject_jpq`: ``compute()`` runs at most once,
+    and not at all while building for a checkpoint load (zero codes; the checkpoint brings the real ones)."""
+    cache: dict[str, torch.Tensor] = {}
+    placeholder = is_building_for_load()
+
+    def codes_for(entity: str) -> torch.Tensor:
+        if placeholder:
+            return torch.zeros(counts[entity], jcfg.M, dtype=code_dtype(jcfg.ksub))
+        if not cache:
+            cache.update(compute())
+        return cache[entity]
+
+    return codes_for
+
+
+def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: int, extra: Iterable[str] = ()) -> None:
+    logger = getLogger()
+    if records:
+        logger.info(format_records(records))
+    for line in extra:
+        logger.info(line)
+    how = "checkpoint" if is_building_for_load() else jcfg.code_assign
+    logger.info(f"urecjpq: JPQ M={jcfg.M} ksub={jcfg.ksub} codes={how} targets={list(jcfg.targets)}: "
+                f"trainable parameters {before:,} -> {after:,}")
