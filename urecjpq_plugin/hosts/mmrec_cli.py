@@ -15,45 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..config import JPQConfig, URecJPQError, jpq_enabled
+from .mmrec_args import LauncherError, overrides_from_argv, parse_value
+
+__all__ = ["LauncherError", "main", "overrides_from_argv", "parse_value"]
 
 PROG = "urecjpq-mmrec"
-
-
-class LauncherError(URecJPQError):
-    """Bad command-line input for the launcher."""
-
-
-def parse_value(text: str) -> Any:
-    """A ``--key=value`` value as MMRec's YAML loader would read it (``1e-4`` is a float there too)."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def overrides_from_argv(rest: Sequence[str]) -> dict:
-    """``["--epochs=2", "--jpq"]`` -> ``{"epochs": 2, "jpq": True}``; anything else is an error."""
-    out: dict = {}
-    for arg in rest:
-        if arg == "--jpq":
-            out["jpq"] = True
-            continue
-        if not arg.startswith("--") or "=" not in arg or len(arg.split("=", 1)[0]) <= 2:
-            raise LauncherError(f"argument {arg!r} is not understood; valid: --key=value (any MMRec config key) or --jpq")
-        key, value = arg[2:].split("=", 1)
-        out[key] = parse_value(value)
-    return out
 
 
 def find_mmrec_src(given: str | None) -> str:
@@ -94,14 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, overrides = parse_args(argv)
         if jpq_enabled(overrides):
             JPQConfig.from_mapping(overrides)  # bad JPQ options fail before MMRec loads anything
-        from . import mmrec
+        from . import mmrec, mmrec_run
 
         # paths given relative to where the user stands, before moving into MMRec's src/
         for key in ("data_path", "checkpoint_dir"):
             if isinstance(overrides.get(key), str) and os.path.isdir(overrides[key]):
                 overrides[key] = os.path.abspath(overrides[key]) + os.sep
         path = os.path.abspath(args.eval_checkpoint) if args.eval_checkpoint else None
-        mmrec.use_mmrec_src(find_mmrec_src(args.mmrec_src))
+        mmrec_run.use_mmrec_src(find_mmrec_src(args.mmrec_src))
         mmrec.activate()
         if path:
             result = mmrec.evaluate_checkpoint(path, overrides)
@@ -110,12 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from utils.quick_start import quick_start
 
-        config = mmrec.base_config_dict(overrides)
-        config = {**mmrec.dataset_yaml_fallback(args.dataset, config), **config}
-        first = len(mmrec.RUNS)
+        config = mmrec_run.base_config_dict(overrides)
+        config = {**mmrec_run.dataset_yaml_fallback(args.dataset, config), **config}
+        first = len(mmrec_run.RUNS)
         quick_start(model=args.model, dataset=args.dataset, config_dict=config, save_model=True)
-        if len(mmrec.RUNS) > first:
-            print(_summary(mmrec.RUNS[first:]))
+        if len(mmrec_run.RUNS) > first:
+            print(_summary(mmrec_run.RUNS[first:]))
     except URecJPQError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,198 @@
+"""MMRec host: what a run leaves behind and how it is set up (no hook installed here).
+
+- the Trainer subclass that keeps the best model's state (MMRec saves none), writes it to
+  ``<checkpoint_dir>/<model>-<dataset>-<tag>.pth`` (state_dict + config) and records each
+  ``fit`` in :data:`RUNS`;
+- ``Config`` wrapped so a scalar given for a grid-searched key becomes a one-element list;
+- MMRec's ``src`` as working directory, the launcher's base config, dataset YAML fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from logging import getLogger
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import JPQConfig, URecJPQError, jpq_enabled
+from ..inject import count_trainable, subclass_with
+from .mmrec_tables import table_parameters
+
+#: forward caches read by full_sort_predict; saved with the checkpoint so evaluation can reload
+CACHE_ATTRS = ("result_embed", "result")
+_SAVED_BEST: dict[str, float] = {}  # checkpoint path -> best valid score written in this process
+RUNS: list[dict] = []  # one record per Trainer.fit (per grid combination)
+
+
+def _grid_scalars_as_lists(config: Any) -> None:
+    """``--reg_weight=0`` for a grid-searched key: MMRec needs a list to take the product over."""
+    for key in config["hyper_parameters"] or []:
+        value = config[key]
+        if value is not None and not isinstance(value, (list, tuple)):
+            config[key] = [value]
+
+
+def _config_class(original: type) -> type:
+    if getattr(original, "_urecjpq_wrapped", False):
+        return original
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original.__init__(self, *args, **kwargs)
+        _grid_scalars_as_lists(self)
+
+    return subclass_with(original, __init__=__init__)
+
+
+def checkpoint_tag(config: Any) -> str:
+    if not jpq_enabled(config):
+        return "base"
+    targets = JPQConfig.from_mapping(config).targets
+    return "jpq" if set(targets) == {"user", "item"} else "jpq-" + "-".join(targets)
+
+
+def checkpoint_path(config: Any) -> str:
+    folder = str(config["checkpoint_dir"] or "saved")
+    return os.path.join(folder, f"{config['model']}-{config['dataset']}-{checkpoint_tag(config)}.pth")
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain Python (checkpoints load with ``weights_only=True``)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    caches = {
+        a: getattr(model, a).detach().to("cpu", copy=True)
+        for a in CACHE_ATTRS
+        if isinstance(getattr(model, a, None), torch.Tensor) and a not in model._parameters
+    }
+    return {"state_dict": state, "caches": caches}
+
+
+def _wrap_trainer(cls: type) -> type:
+    if getattr(cls, "_urecjpq_wrapped", False):
+        return cls
+
+    def get_best(self: Any) -> Any:
+        return self.__dict__.get("_urecjpq_best_valid_result")
+
+    def set_best(self: Any, value: Any) -> None:
+        # Trainer.fit assigns best_valid_result exactly when validation improves: keep that state.
+        self.__dict__["_urecjpq_best_valid_result"] = value
+        if self.__dict__.get("_urecjpq_ready"):
+            self._urecjpq_best = _snapshot(self.model)
+
+    def __init__(self: Any, config: Any, model: nn.Module, mg: bool = False) -> None:
+        self._urecjpq_best = None
+        self._urecjpq_epoch_seconds = []
+        cls.__init__(self, config, model, mg)
+        self._urecjpq_ready = True
+
+    def _train_epoch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = cls._train_epoch(self, *args, **kwargs)
+        self._urecjpq_epoch_seconds.append(time.perf_counter() - start)
+        return out
+
+    def fit(self: Any, train_data: Any, valid_data: Any = None, test_data: Any = None, saved: bool = False, verbose: bool = True):
+        out = cls.fit(self, train_data, valid_data=valid_data, test_data=test_data, saved=saved, verbose=verbose)
+        _record_run(self, out, saved)
+        return out
+
+    return subclass_with(cls, __init__=__init__, _train_epoch=_train_epoch, fit=fit,
+                         best_valid_result=property(get_best, set_best))
+
+
+def _record_run(trainer: Any, fit_result: Any, saved: bool) -> None:
+    config, model = trainer.config, trainer.model
+    best_score, best_valid, best_test = fit_result
+    n_users, n_items = model.n_users, model.n_items
+    id_params, feature_params = table_parameters(model, n_users, n_items, config)
+    seconds = trainer._urecjpq_epoch_seconds
+    record = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "jpq": jpq_enabled(config),
+        "hyper": {k: _plain(config[k]) for k in config["hyper_parameters"] or []},
+        "best_valid_score": float(best_score),
+        "valid_result": {k: float(v) for k, v in dict(best_valid).items()},
+        "test_result": {k: float(v) for k, v in dict(best_test).items()},
+        "trainable_params": count_trainable(model),
+        "id_table_params": id_params,
+        "feature_params": feature_params,
+        "epochs_run": len(seconds),
+        "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0,
+        "checkpoint": None,
+        "checkpoint_bytes": 0,
+    }
+    path = checkpoint_path(config)
+    if saved and trainer._urecjpq_best is not None and best_score > _SAVED_BEST.get(path, -float("inf")):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        payload = {
+            **trainer._urecjpq_best,
+            "config": {k: _plain(v) for k, v in config.final_config_dict.items()},
+            "valid_result": record["valid_result"],
+            "test_result": record["test_result"],
+            "urecjpq": {"tag": checkpoint_tag(config), "hyper": record["hyper"]},
+        }
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        _SAVED_BEST[path] = best_score
+        getLogger().info(f"urecjpq: saved the best model of this run to {path} ({os.path.getsize(path):,} bytes)")
+    if os.path.isfile(path) and path in _SAVED_BEST:
+        record["checkpoint"] = path
+        record["checkpoint_bytes"] = os.path.getsize(path)
+    RUNS.append(record)
+
+
+def use_mmrec_src(mmrec_src: str) -> str:
+    """Make MMRec's ``src`` importable and the working directory (its ``Config`` reads ``./configs``)."""
+    src = os.path.abspath(mmrec_src)
+    if not (os.path.isfile(os.path.join(src, "main.py")) and os.path.isdir(os.path.join(src, "configs"))):
+        raise URecJPQError(f"mmrec_src={mmrec_src!r} is not MMRec's src/ (it needs main.py and configs/)")
+    os.chdir(src)
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    return src
+
+
+def base_config_dict(overrides: Mapping[str, Any]) -> dict:
+    """The config_dict the launcher gives ``quick_start``: CPU when there is no GPU, then the overrides."""
+    config = {"gpu_id": 0}
+    if not torch.cuda.is_available():
+        config["use_gpu"] = False
+    config.update(overrides)
+    if isinstance(config.get("data_path"), str) and not config["data_path"].endswith(("/", os.sep)):
+        config["data_path"] += os.sep  # MMRec concatenates data_path + dataset
+    return config
+
+
+def dataset_yaml_fallback(dataset: str, config_dict: Mapping[str, Any]) -> dict:
+    """Keys of ``<data_path>/<dataset>.yaml`` when MMRec's ``configs/dataset/`` lacks that dataset.
+
+    MMRec reads dataset configs only from ``./configs/dataset/``; this lets a dataset built by
+    ``urecjpq mmrec-data`` run without adding a file to the MMRec checkout.
+    """
+    if os.path.isfile(os.path.join("configs", "dataset", f"{dataset}.yaml")):
+        return {}
+    data_path = config_dict.get("data_path")
+    candidate = os.path.join(str(data_path), f"{dataset}.yaml") if data_path else None
+    if not candidate or not os.path.isfile(candidate):
+        return {}
+    import yaml
+
+    with open(candidate, encoding="utf-8") as fh:
+        return dict(yaml.safe_load(fh) or {})
