@@ -13,6 +13,7 @@ COMMANDS = {
     "bench-scale": ("urecjpq_plugin.bench.scale", "synthetic 10^4..10^7-ID memory/speed comparison"),
     "compress": ("urecjpq_plugin.hosts.recbole_compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
     "export": ("urecjpq_plugin.export", "export a JPQ item table to a faiss IndexPQ for serving"),
+    "tables": ("urecjpq_plugin.hosts.tables", "list the ID tables jpq: true would swap (dry run, no training)"),
     "mmrec-data": ("urecjpq_plugin.data.mmrec_dataset", "make an MMRec dataset from RecBole's ml-100k"),
 }
 
