@@ -66,6 +66,37 @@ def test_ray_stand_in_imports_and_refuses_use_in_one_line(monkeypatch):
     assert not hasattr(tune, "__file__")  # introspection gets AttributeError, not the error above
 
 
+# -- Python 3.12: distutils.version.LooseVersion ----------------------------------------------------
+VERSION_PAIRS = [("2.11.0+cu130", "1.8.0"), ("1.10.0", "1.9"), ("1.8.0", "1.8.0"), ("1.8", "1.8.0"),
+                 ("0.4.1", "0.10"), ("1.8.0a1", "1.8.0b2")]
+
+
+def test_loose_version_orders_like_distutils():
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from distutils.version import LooseVersion as Reference  # absent on Python >= 3.12
+    except ImportError:
+        Reference = None
+    L = compat.LooseVersion
+    for a, b in VERSION_PAIRS:
+        got = (L(a) < L(b), L(a) == L(b), L(a) > L(b), L(a) <= b, L(a) >= b)
+        if Reference is not None and Reference is not L:
+            ra, rb = Reference(a), Reference(b)
+            assert got == (ra < rb, ra == rb, ra > rb, ra <= rb, ra >= rb), (a, b)
+    assert L("2.11.0+cu130") > L("1.8.0") and L("1.10.0") > "1.9" and not L("1.8.0") < "1.8.0"
+
+
+def test_distutils_stand_in_serves_thops_import(monkeypatch):
+    for name, module in compat.distutils_stand_in().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    from distutils.version import LooseVersion  # thop/profile.py's first line
+
+    assert LooseVersion is compat.LooseVersion and LooseVersion("2.0") >= LooseVersion("1.8.0")
+
+
 # -- numpy 2 ----------------------------------------------------------------------------------------
 def test_numpy1_aliases_come_from_names_numpy2_has(monkeypatch):
     for alias in compat.NUMPY1_ALIASES:
@@ -132,7 +163,7 @@ def test_apply_is_idempotent_and_lets_quick_start_import():
     pytest.importorskip("recbole")
     first = compat.apply()
     assert compat.apply() == first
-    assert set(first) <= {"ray stand-in", "dok_matrix._update", "numpy 1 aliases", "Dataset._fill_nan",
+    assert set(first) <= {"ray stand-in", "distutils.version stand-in", "dok_matrix._update", "numpy 1 aliases", "Dataset._fill_nan",
                           "pandas 2 semantics while loading datasets"}
     importlib.import_module("recbole.quick_start")
     assert hasattr(sp.dok_matrix, "_update")

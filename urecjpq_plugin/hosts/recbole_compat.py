@@ -1,4 +1,4 @@
-"""RecBole 1.2.1 on today's stack (numpy 2, scipy >= 1.13, pandas 3, no ray), fixed from the plugin.
+"""RecBole 1.2.1 on today's stack (numpy 2, scipy >= 1.13, pandas 3, Python 3.12, no ray), fixed from the plugin.
 
 RecBole 1.2.1, its newest release, was written against numpy 1, scipy < 1.13, pandas < 3 and ray.
 :func:`apply` (called once by the host's ``activate()``) installs each shim below only when the
@@ -12,6 +12,8 @@ changes. Site-packages are never edited; RecBole's own classes get the replaceme
 * numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_``, which ``Config`` reads to set
   the numpy 1 aliases (``np.float``, ``np.long``, ...) the rest of RecBole uses: every ``Config()``
   fails.
+* Python 3.12 removed ``distutils``; thop (RecBole's FLOP count in ``run_recbole``) imports its
+  ``LooseVersion``. Where no setuptools provides it, a stand-in holds just that class.
 * pandas 3 (copy-on-write): ``df[col].fillna(..., inplace=True)`` no longer changes ``df``, and
   ``Series.agg(len)`` returns the Series' length instead of each row's. RecBole's dataset code uses
   both for missing values and for sequence fields (``token_seq``/``float_seq`` feature columns).
@@ -196,6 +198,59 @@ def _pandas_agg_len_aggregates() -> bool:
         return not isinstance(pd.Series([[1, 2], [3]]).agg(len), pd.Series)
 
 
+# -- Python 3.12 -----------------------------------------------------------------------------------
+class LooseVersion:
+    """``distutils.version.LooseVersion`` (removed with distutils in Python 3.12; thop, which RecBole's
+    ``get_flops`` imports, compares torch versions with it): numbers compare as numbers, words as text."""
+
+    def __init__(self, version: str) -> None:
+        import re
+
+        self.vstring = str(version)
+        parts = re.split(r"(\d+|[a-z]+|\.)", self.vstring)
+        self.version = [int(p) if p.isdigit() else p for p in parts if p and p != "."]
+
+    def __repr__(self) -> str:
+        return f"LooseVersion({self.vstring!r})"
+
+    def __str__(self) -> str:
+        return self.vstring
+
+    def _other(self, other: Any) -> list:
+        return (other if isinstance(other, LooseVersion) else LooseVersion(other)).version
+
+    def __eq__(self, other: Any) -> bool:
+        return self.version == self._other(other)
+
+    def __lt__(self, other: Any) -> bool:
+        return self.version < self._other(other)
+
+    def __le__(self, other: Any) -> bool:
+        return self.version <= self._other(other)
+
+    def __gt__(self, other: Any) -> bool:
+        return self.version > self._other(other)
+
+    def __ge__(self, other: Any) -> bool:
+        return self.version >= self._other(other)
+
+
+def distutils_stand_in() -> dict[str, types.ModuleType]:
+    """``distutils`` and ``distutils.version`` modules holding only :class:`LooseVersion`."""
+    package, version = types.ModuleType("distutils"), types.ModuleType("distutils.version")
+    package.__path__ = []
+    version.LooseVersion = LooseVersion
+    package.version = version
+    return {"distutils": package, "distutils.version": version}
+
+
+def _distutils_missing() -> bool:
+    try:
+        return find_spec("distutils") is None
+    except (ImportError, ValueError):
+        return True
+
+
 # -- entry point ------------------------------------------------------------------------------------
 _APPLIED: list[str] | None = None
 
@@ -210,6 +265,10 @@ def apply() -> list[str]:
         for name, module in ray_stand_in().items():
             sys.modules.setdefault(name, module)
         applied.append("ray stand-in")
+    if _distutils_missing():
+        for name, module in distutils_stand_in().items():
+            sys.modules.setdefault(name, module)
+        applied.append("distutils.version stand-in")
     if _dok_lacks_update():
         from scipy.sparse import dok_matrix
 
