@@ -18,7 +18,7 @@ from urecjpq_plugin.config import JPQConfigError
 from urecjpq_plugin.features import feature_id_codes, normalised_concat, pq_feature_table, user_mean_features
 from urecjpq_plugin.hosts import mmrec, mmrec_compat
 from urecjpq_plugin.hosts.mmrec_cli import LauncherError, overrides_from_argv
-from urecjpq_plugin.inject import JPQTargetError, count_trainable
+from urecjpq_plugin.inject import _REGISTRY, JPQTargetError, count_trainable, register_id_tables
 from urecjpq_plugin.jpq import JPQEmbedding
 
 N_USERS, N_ITEMS, DIM = 30, 40, 16
@@ -152,6 +152,25 @@ class UntrainedModel(nn.Module):
         self.linear = nn.Linear(DIM, DIM)
 
 
+@pytest.fixture(autouse=True)
+def restore_registry():
+    saved = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(saved)
+
+
+@qualified("models.mymodel", "MyModel")
+class UserDefinedModel(nn.Module):
+    """A user's own MMRec model: names the default rule does not take, a users-then-items table with padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.people = nn.Embedding(N_USERS, DIM)
+        self.things = nn.Parameter(torch.randn(N_ITEMS, DIM))
+        self.both = nn.Embedding(N_USERS + N_ITEMS, DIM, padding_idx=0)
+
+
 def compress(model, **kw):
     return mmrec.compress_model(model, config(**kw), FakeLoader())
 
@@ -236,6 +255,38 @@ def test_table_parameters_counts_id_and_feature_tables():
     ids, feats = mmrec.table_parameters(model, N_USERS, N_ITEMS)
     assert ids == 2 * 4 * 8 * (DIM // 4)
     assert feats == model.text_embedding.sub_embeddings.numel()
+
+
+def test_user_defined_model_needs_a_declaration():
+    with pytest.raises(JPQTargetError, match="model MyModel has no ID table.*register_id_tables.*jpq_tables"):
+        compress(UserDefinedModel())
+
+
+def test_registry_is_honoured_by_the_mmrec_host():
+    register_id_tables("MyModel", user=["people"], item=["things"], user_item=["both"])
+    model = UserDefinedModel()
+    summary = compress(model)
+    assert {r.path: r.entity for r in summary["records"]} == {"people": "user", "things": "item", "both": "user+item"}
+    assert isinstance(model.people, JPQEmbedding) and isinstance(model.things_jpq, JPQEmbedding)
+    assert model.both.padding_idx == 0 and model.both.ksub == 16 and not model.both(torch.tensor([0])).any()
+    assert mmrec.table_parameters(model, N_USERS, N_ITEMS)[0] == 8 * DIM + 8 * DIM + 16 * DIM
+
+
+def test_yaml_jpq_tables_are_honoured_and_the_registry_comes_first():
+    model = UserDefinedModel()
+    compress(model, jpq_tables={"user": ["people"], "item": ["things"]})
+    assert isinstance(model.people, JPQEmbedding) and isinstance(model.both, nn.Embedding)
+    register_id_tables("MyModel", item=["things"])
+    registered = UserDefinedModel()
+    compress(registered, jpq_tables={"user": ["people"]})
+    assert isinstance(registered.people, nn.Embedding) and isinstance(registered.things_jpq, JPQEmbedding)
+
+
+def test_yaml_jpq_tables_override_the_host_specs():
+    model = EmbeddingModel()  # FREEDOM: its specs name user_embedding and item_id_embedding
+    summary = compress(model, jpq_tables={"user": ["user_embedding"]}, jpq_targets=["user", "item"])
+    assert [r.path for r in summary["records"]] == ["user_embedding"]
+    assert isinstance(model.item_id_embedding, nn.Embedding)
 
 
 # -- feature tables ----------------------------------------------------------------------------

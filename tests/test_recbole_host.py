@@ -17,19 +17,26 @@ def checkpoints(folder):
     return sorted(glob.glob(os.path.join(folder, "*.pth")))
 
 
-def test_checkpoint_is_compact_and_reloads_with_identical_metrics(recbole_env):
+def test_checkpoint_is_compact_and_reloads_with_identical_metrics(recbole_env, monkeypatch):
     from recbole.utils import get_trainer
+
+    from urecjpq_plugin import assign
 
     from urecjpq_plugin.hosts.recbole import load_data_and_model, run
 
-    result = run("BPR", "ml-100k", config_dict={**recbole_env, "jpq": True, "epochs": 2})
+    result = run("BPR", "ml-100k", config_dict={**recbole_env, "jpq": True, "jpq_M": 8, "epochs": 2})
     (path,) = checkpoints(recbole_env["checkpoint_dir"])
     state = torch.load(path, weights_only=False)["state_dict"]
     assert state["user_embedding.codes"].dtype == torch.uint8
     assert state["item_embedding.sub_embeddings"].shape == (8, 256, 8)
     assert "user_embedding.weight" not in state
 
+    def no_svd(*args, **kwargs):
+        raise AssertionError("reloading a checkpoint recomputed SVD codes")
+
+    monkeypatch.setattr(assign, "svd_codes", no_svd)  # the checkpoint brings the codes
     config, model, _, _, _, test_data = load_data_and_model(path)
+    assert torch.equal(model.item_embedding.codes, state["item_embedding.codes"])
     reloaded = get_trainer(config["MODEL_TYPE"], config["model"])(config, model).evaluate(
         test_data, load_best_model=False
     )
@@ -98,3 +105,19 @@ def test_example_yaml_and_api_script_run(tmp_path, recbole_env):
     done = subprocess.run(api, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "recall@20" in done.stdout and "JPQ swapped 2 ID tables" in done.stdout + done.stderr
+
+
+def test_tables_command_lists_what_would_be_swapped(recbole_env, capsys, monkeypatch):
+    from urecjpq_plugin.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["urecjpq"])
+    assert main(["tables", "--model", "BPR", "--ksub", "128"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in out[2:4]}
+    assert rows == {"user_embedding": ["944", "64", "user", "default", "rule"],
+                    "item_embedding": ["1683", "64", "item", "default", "rule"]}
+    before, after = (int(n.replace(",", "")) for n in out[-1].split("parameters ")[1].split(" (")[0].split(" -> "))
+    assert before - after == (944 + 1683 - 2 * 128) * 64  # each table: rows x 64 -> 128 sub-ids x 64
+    assert main(["tables", "--model=Pop"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("urecjpq tables: error: model Pop has no ID table") and len(err.splitlines()) == 1
