@@ -5,7 +5,7 @@ from urecjpq_plugin.config import JPQConfig, JPQConfigError, jpq_enabled
 
 def test_defaults():
     cfg = JPQConfig.from_mapping({})
-    assert (cfg.M, cfg.ksub, cfg.code_assign, cfg.targets) == (8, 256, "svd", ("user", "item"))
+    assert (cfg.M, cfg.ksub, cfg.code_assign, cfg.targets) == ("auto", 256, "svd", ("user", "item"))
 
 
 def test_reads_yaml_and_command_line_forms():

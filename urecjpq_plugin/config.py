@@ -4,7 +4,7 @@ Host frameworks pass their flat config (RecBole's ``Config``, MMRec's ``Config``
 to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the command line::
 
     jpq: true                 # turn compression on
-    jpq_M: 8                  # splits per code
+    jpq_M: auto               # splits per code (auto: embedding size / 4)
     jpq_ksub: 256             # sub-ids per split
     jpq_code_assign: svd      # svd | random | features | features_svd
     jpq_targets: [user, item] # which tables to compress (also: image, text)
@@ -73,7 +73,7 @@ def parse_list(value: Any) -> tuple[str, ...]:
 class JPQConfig:
     """Product-quantisation settings for one model (faiss naming: ``M`` splits, ``ksub`` sub-ids)."""
 
-    M: int = 8
+    M: int | str = AUTO
     ksub: int = 256
     code_assign: str = "svd"
     targets: tuple[str, ...] = field(default=ID_TARGETS)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..config import JPQConfig, JPQConfigError
+from ..config import JPQConfig, JPQConfigError, auto_M
 from .hosts import exit_on_sigterm, failure_reason, run_in_subprocess
 from .store import all_runs, load_run, open_folder, save_run
 
@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="users = items per size (default 1e4,1e5,1e6,1e7)")
     p.add_argument("--variants", default="base,jpq", help="base, jpq or both (default both)")
     p.add_argument("--d", type=int, default=64)
-    p.add_argument("--M", type=int, default=8)
+    p.add_argument("--M", default="auto", help="splits per code, or auto (the plugin's default: d / 4)")
     p.add_argument("--ksub", type=int, default=256)
     p.add_argument("--per-user", type=int, default=None, help="draws per user (default 10; 5 from 10^7 users)")
     p.add_argument("--clusters", type=int, default=128, help="latent clusters of the generator (default 128)")
@@ -95,6 +95,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    if str(args.M).lower() == "auto":
+        args.M = auto_M(args.d)
+    else:
+        try:
+            args.M = int(args.M)
+        except ValueError:
+            raise JPQConfigError(f"--M {args.M!r} is not an integer or auto") from None
     JPQConfig(M=args.M, ksub=args.ksub).check_dim(args.d, "--d")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in ("base", "jpq")]

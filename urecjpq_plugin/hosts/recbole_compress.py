@@ -25,11 +25,14 @@ from ..compress import CompressError, quantize_model
 from ..config import JPQConfig, jpq_enabled, parse_list
 
 
+# k-means PQ of an already trained table; jpq_M's "auto" is for tables trained compressed.
+POSTHOC_M = 8
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="urecjpq compress", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="RecBole checkpoint (.pth) of a model trained without jpq")
     p.add_argument("--out", required=True, help="where to write the JPQ checkpoint (must not exist)")
-    p.add_argument("--M", type=int, default=JPQConfig.M, help="splits per code (default %(default)s)")
+    p.add_argument("--M", type=int, default=POSTHOC_M, help="splits per code (default %(default)s)")
     p.add_argument("--ksub", type=int, default=JPQConfig.ksub, help="sub-ids per split (default %(default)s)")
     p.add_argument("--targets", default="user,item", help="tables to compress: user, item or both (default %(default)s)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="RecBole training epochs after compression")
@@ -72,7 +75,7 @@ def _save(path: str, config: Any, model: torch.nn.Module, epoch: int) -> None:
 def compress_checkpoint(
     checkpoint_path: str,
     out: str,
-    M: int = JPQConfig.M,
+    M: int = POSTHOC_M,
     ksub: int = JPQConfig.ksub,
     targets: Sequence[str] = ("user", "item"),
     finetune_epochs: int = 0,
