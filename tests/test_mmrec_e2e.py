@@ -149,3 +149,65 @@ def test_models_that_cannot_run_stop_with_one_line(data_path, tmp_path):
                         "--reg_weight=1e-4", "--learning_rate=0.001", cwd=tmp_path)
         assert run.returncode == 2
         assert "never trains" in run.stderr.strip().splitlines()[-1]
+
+
+USER_MODEL = '''
+import torch
+from torch import nn
+from common.abstract_recommender import GeneralRecommender
+from common.loss import BPRLoss
+
+
+class MyModel(GeneralRecommender):
+    """A user's model whose table names the default rule does not take."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.people = nn.Embedding(self.n_users, config["embedding_size"])
+        self.things = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_items, config["embedding_size"])))
+        self.loss = BPRLoss()
+
+    def calculate_loss(self, interaction):
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        u = self.people(users)
+        return self.loss((u * self.things[pos]).sum(-1), (u * self.things[neg]).sum(-1))
+
+    def full_sort_predict(self, interaction):
+        return self.people(interaction[0]) @ self.things.T
+'''
+
+
+@pytest.fixture(scope="module")
+def src_with_user_model(tmp_path_factory) -> Path:
+    """A scratch copy of MMRec's src/ with one user-defined model added to models/ (nothing else changed)."""
+    src = tmp_path_factory.mktemp("mmrec") / "src"
+    shutil.copytree(MMREC_SRC, src, ignore=shutil.ignore_patterns("log", "saved", "__pycache__"))
+    (src / "models" / "mymodel.py").write_text(USER_MODEL)
+    (src / "configs" / "model" / "MyModel.yaml").write_text("embedding_size: 64\nreg_weight: [0.0]\nhyper_parameters: []\n")
+    return src
+
+
+@pytest.mark.parametrize("declared_by", ["none", "registry", "yaml"])
+def test_user_defined_model_is_compressed_through_registry_or_yaml(declared_by, src_with_user_model, data_path, tmp_path):
+    overrides = {"data_path": data_path, "epochs": 1, "jpq": True}
+    register = ""
+    if declared_by == "registry":
+        register = "from urecjpq_plugin import register_id_tables; register_id_tables('MyModel', user=['people'], item=['things']); "
+    elif declared_by == "yaml":
+        overrides["jpq_tables"] = {"user": ["people"], "item": ["things"]}
+    code = (f"import json, sys; {register}from urecjpq_plugin.hosts.mmrec import run_one; "
+            "print('RESULT', json.dumps(run_one('MyModel', 'ml-100k', json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])))")
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(overrides), str(tmp_path), str(src_with_user_model)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
+    if declared_by == "none":  # the default rule wants user/item in the names
+        assert run.returncode != 0
+        assert "model MyModel has no ID table" in run.stderr and "register_id_tables" in run.stderr
+        return
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "JPQ swapped 2 ID tables (people[" in run.stdout + run.stderr
+    result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    n_users, n_items, dim = 943, 1349, 64
+    assert result["trainable_params"] == 2 * 256 * dim  # every sub-embedding, nothing else is trainable
+    assert result["id_table_params"] == 2 * 256 * dim < (n_users + n_items) * dim
+    state = __import__("torch").load(tmp_path / "MyModel-ml-100k-jpq.pth", weights_only=True)["state_dict"]
+    assert {"people.codes", "things_jpq.codes"} <= set(state) and "things" not in state
