@@ -372,6 +372,10 @@ def scores_from_codes(
     chosen = choose_method(queries, sub_embeddings, codes, full=True) if method == "auto" else method
     batch, d = queries.shape
     n_items = codes.shape[0]
+    if method == "auto" and n_items * d <= _CACHED_DECODE_FLOATS and not torch.is_grad_enabled():
+        # A small catalogue decodes once (cached until the sub-embeddings change): then every batch
+        # costs what the uncompressed table's q @ W.T costs (RecBole evaluates a few users per batch).
+        chosen = "matmul"
     if torch.is_grad_enabled() and (queries.requires_grad or sub_embeddings.requires_grad):
         if chosen == "lut":
             return pq_scores(queries, sub_embeddings, codes, padding_idx)
