@@ -224,9 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _progress(len(specs), args.no_progress) as bar:
         bar.update(len(done))
         # Each run is its own subprocess; --jobs of them at a time (threads only wait on children).
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        pool = ThreadPoolExecutor(max_workers=args.jobs)
+        try:
             for future in [pool.submit(run_spec, spec) for spec in todo]:
                 future.result()
+        finally:  # stopped (SIGTERM, Ctrl-C): start no queued run; a rerun resumes them
+            pool.shutdown(wait=True, cancel_futures=True)
     paths = write_reports(all_runs(runs), out, title=_title(settings, seeds))
     print((out / "results.md").read_text())
     print(f"outputs: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
