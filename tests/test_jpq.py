@@ -136,3 +136,17 @@ def test_weight_without_autograd_follows_every_change_of_the_table():
         assert torch.equal(emb.weight, fresh())
     with torch.inference_mode():
         assert torch.equal(emb.weight, fresh())
+
+
+@pytest.mark.parametrize("M", [4, 8, 16, 32])
+def test_decoded_rows_start_at_the_hosts_scale_for_every_M(M):
+    # A propagation model (LightGCN, NGCF) stalled when a swap started its rows at another scale
+    # than the host's initialisation (early stopping near epoch 11); from_table keeps the scale
+    # whatever M, so row norms and element spread match the table it replaces.
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(2000, 64)
+    torch.nn.init.xavier_normal_(table.weight)
+    emb = JPQEmbedding.from_table(table.weight, random_codes(2000, M, 256, seed=M), 256)
+    decoded = emb.weight.detach()
+    assert decoded.std().item() == pytest.approx(table.weight.std().item(), rel=0.1)
+    assert decoded.norm(dim=1).mean().item() == pytest.approx(table.weight.norm(dim=1).mean().item(), rel=0.1)
