@@ -1,6 +1,9 @@
+import copy
 import os
 
 import pytest
+
+from urecjpq_plugin.inject import _REGISTRY
 
 
 def recbole_data_path() -> str:
@@ -24,3 +27,12 @@ def recbole_env(tmp_path, monkeypatch):
         "state": "WARNING",
         "train_batch_size": 4096,
     }
+
+
+@pytest.fixture(autouse=True)
+def registry():
+    """Every test sees the table registry as it was and leaves it so."""
+    saved = copy.deepcopy(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(saved)

@@ -28,20 +28,11 @@ from urecjpq_plugin import (
     unload_jpq,
 )
 from urecjpq_plugin.codes import random_codes, svd_codes
-from urecjpq_plugin.inject import _REGISTRY
 
 N_USERS, N_ITEMS, D = 40, 60, 16
 COUNTS = {"user": N_USERS, "item": N_ITEMS}
 CONFIG = JPQConfig(M=4, ksub=8, code_assign="random")
 
-
-@pytest.fixture(autouse=True)
-def registry():
-    """Every test sees the registry as it was and leaves it so."""
-    saved = copy.deepcopy(_REGISTRY)
-    yield
-    _REGISTRY.clear()
-    _REGISTRY.update(saved)
 
 
 class TinyBPR(nn.Module):

@@ -23,6 +23,7 @@ import torch
 
 from .config import URecJPQError
 from .jpq import JPQEmbedding
+from .topk_kernels import pack_codes  # noqa: F401 (faiss code layout; public here too)
 
 
 class ExportError(URecJPQError):
@@ -43,21 +44,6 @@ def nbits_for(ksub: int) -> int:
     if ksub < 2 or 2**nbits != ksub or nbits > 16:
         raise ExportError(f"ksub={ksub} cannot be a faiss PQ codebook; it must be a power of 2 in [2, 65536]")
     return nbits
-
-
-def pack_codes(codes: np.ndarray | torch.Tensor, nbits: int) -> np.ndarray:
-    """``[N, M]`` sub-ids -> faiss's PQ code bytes ``[N, ceil(M * nbits / 8)]``.
-
-    faiss writes each sub-id with ``nbits`` bits, least significant first, one after another (for
-    ``nbits=8`` that is just the bytes).
-    """
-    codes = np.asarray(torch.as_tensor(codes).to(torch.int64).cpu())
-    n, M = codes.shape
-    if nbits == 8:
-        return np.ascontiguousarray(codes.astype(np.uint8))
-    bits = (codes[:, :, None] >> np.arange(nbits)) & 1  # [N, M, nbits], LSB first
-    bits = bits.reshape(n, M * nbits).astype(np.uint8)
-    return np.packbits(bits, axis=1, bitorder="little")  # pads the last byte with zeros
 
 
 def to_faiss_index(

@@ -92,8 +92,6 @@ def _code_bytes(codes: torch.Tensor, nbits: int) -> np.ndarray:
         return codes.contiguous().numpy()
 
     def build(c: torch.Tensor, _old: Any) -> np.ndarray:
-        from .export import pack_codes  # faiss's bit order (LSB first), tested against faiss there
-
         step = 1 << 16  # packs through int64 bit planes: bound that temporary
         return np.concatenate([pack_codes(c[s : s + step], nbits) for s in range(0, c.shape[0], step)])
 
@@ -171,3 +169,18 @@ def decoded_table(sub_embeddings: torch.Tensor, codes: torch.Tensor) -> torch.Te
         _DECODED._entries.pop(id(sub_embeddings), None)
         codes_ref, codes_version, table = _DECODED.get(sub_embeddings, build)
     return table
+
+
+def pack_codes(codes: np.ndarray | torch.Tensor, nbits: int) -> np.ndarray:
+    """``[N, M]`` sub-ids -> faiss's PQ code bytes ``[N, ceil(M * nbits / 8)]``.
+
+    faiss writes each sub-id with ``nbits`` bits, least significant first, one after another (for
+    ``nbits=8`` that is just the bytes).
+    """
+    codes = np.asarray(torch.as_tensor(codes).to(torch.int64).cpu())
+    n, M = codes.shape
+    if nbits == 8:
+        return np.ascontiguousarray(codes.astype(np.uint8))
+    bits = (codes[:, :, None] >> np.arange(nbits)) & 1  # [N, M, nbits], LSB first
+    bits = bits.reshape(n, M * nbits).astype(np.uint8)
+    return np.packbits(bits, axis=1, bitorder="little")  # pads the last byte with zeros
