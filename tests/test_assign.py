@@ -1,4 +1,4 @@
-"""Code assignment through the one entry point, svd_proj codes, and jpq_M: auto."""
+"""Code assignment through the one entry point, and jpq_M: auto."""
 
 import numpy as np
 import pytest
@@ -24,8 +24,10 @@ def block_matrix(n_users=400, n_items=300, blocks=6, seed=0):
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
 
 
-@pytest.mark.parametrize("how", ["svd", "svd_proj", "random"])
+@pytest.mark.parametrize("how", ["svd", "random"])
 def test_every_assignment_gives_distinct_deterministic_codes(how):
+    # (an svd_proj assignment -- every split a random mix of the top 32 singular directions -- was
+    # tried and dropped: ml-100k BPR, M=16, 3 seeds, recall@20 -15.6 % against svd's +1.0 %)
     X = block_matrix()
     cfg = JPQConfig(M=8, ksub=32, code_assign=how, seed=3)
     a, b = assign_codes(cfg, X), assign_codes(cfg, X)
@@ -33,22 +35,6 @@ def test_every_assignment_gives_distinct_deterministic_codes(how):
         assert a[entity].shape == (n, 8) and a[entity].dtype == torch.uint8
         assert torch.equal(a[entity], b[entity])
         assert distinct_code_fraction(a[entity]) == 1.0
-
-
-def test_svd_proj_keeps_alike_items_together_in_every_split():
-    X = block_matrix()
-    blocks = np.arange(300) % 6
-    same = blocks[:, None] == blocks[None, :]
-    off_diag = ~np.eye(300, dtype=bool)
-
-    def shared_subids(codes):  # mean number of splits two items share, within and across blocks
-        c = codes.numpy().astype(np.int64)
-        share = sum((c[:, k, None] == c[None, :, k]).astype(np.int32) for k in range(c.shape[1]))
-        return share[same & off_diag].mean(), share[~same].mean()
-
-    within, across = shared_subids(assign_codes(JPQConfig(M=8, ksub=16, code_assign="svd_proj"), X)["item"])
-    r_within, r_across = shared_subids(assign_codes(JPQConfig(M=8, ksub=16, code_assign="random"), X)["item"])
-    assert within > 2 * across and within > 1.5 * r_within
 
 
 def test_features_need_features_and_interactions_are_needed():

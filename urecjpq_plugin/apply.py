@@ -145,7 +145,7 @@ def _assigned_codes(config: JPQConfig, counts: Mapping[str, int], entities: list
     if config.code_assign.startswith("features"):
         raise JPQConfigError(
             f"jpq_code_assign={config.code_assign!r} needs item features, which apply_jpq does not take; pass "
-            "codes= (e.g. from urecjpq_plugin.features.feature_id_codes) or use svd, svd_proj or random"
+            "codes= (e.g. from urecjpq_plugin.features.feature_id_codes) or use svd or random"
         )
     if interactions is None:
         raise JPQConfigError(

@@ -1,7 +1,7 @@
 """One entry point for code assignment, shared by ``apply_jpq`` and both hosts.
 
 A host supplies only what it has (the training matrix, item features); the choice between
-``svd``, ``svd_proj``, ``random``, ``features`` and ``features_svd`` is made here, once.
+``svd``, ``random``, ``features`` and ``features_svd`` is made here, once.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .codes import log_distinct_fractions, random_codes, svd_codes, svd_proj_codes
+from .codes import log_distinct_fractions, random_codes, svd_codes
 from .config import JPQConfig, JPQConfigError
 
 
@@ -36,11 +36,11 @@ def assign_codes(
         raise JPQConfigError(f"jpq_code_assign={how!r} needs the training interactions (a users x items matrix); "
                              "give them, or use random")
     inter = interactions.tocsr().astype("float32")
-    if how in ("svd", "svd_proj"):
-        user, item = (svd_codes if how == "svd" else svd_proj_codes)(inter, M, ksub, seed)
+    if how == "svd":
+        user, item = svd_codes(inter, M, ksub, seed)
     elif item_features is None:
         raise JPQConfigError(f"jpq_code_assign={how!r} needs multimodal item features, which {host} does not "
-                             "have; use svd, svd_proj or random")
+                             "have; use svd or random")
     else:
         from .features import feature_id_codes, normalised_concat
 

@@ -301,34 +301,6 @@ def svd_codes(
     return torch.from_numpy(user_codes), torch.from_numpy(item_codes)
 
 
-def svd_proj_codes(
-    interactions: sp.spmatrix, M: int, ksub: int, seed: int, distinct: bool = True, rank: int = 32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SVD codes whose every split sees the strongest directions: split ``k`` quantile-bins a random
-    mix (a fixed seeded orthonormal projection) of the top ``rank`` singular directions, each scaled
-    by its singular value, where :func:`svd_codes` gives split ``k`` the ``k``-th component alone
-    (weak and noisy for large ``k`` on sparse data). IDs sharing a sub-id are then close in the
-    interaction space in every split, not only in one direction.
-    """
-    n_users, n_items = interactions.shape
-    r = min(max(rank, M), min(n_users, n_items) - 1)
-    if r < 1 or interactions.nnz == 0:
-        return (random_codes(n_users, M, ksub, seed, distinct), random_codes(n_items, M, ksub, seed + 1, distinct))
-    U, s, Vt = randomized_svd(interactions, r, seed)
-    rng = np.random.default_rng(seed)
-    mix = rng.standard_normal((r, M)).astype(np.float32)
-    if M <= r:
-        mix, _ = np.linalg.qr(mix)  # orthonormal directions: splits as decorrelated as possible
-    mix = (s[:, None].astype(np.float32) * mix).astype(np.float32)
-    user_codes = quantile_bin(U @ mix, ksub, seed).numpy()
-    del U
-    item_codes = quantile_bin(Vt.T @ mix, ksub, seed + 1).numpy()
-    if distinct:
-        make_distinct(user_codes, ksub, seed)
-        make_distinct(item_codes, ksub, seed + 1)
-    return torch.from_numpy(user_codes), torch.from_numpy(item_codes)
-
-
 def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int, distinct: bool = True) -> torch.Tensor:
     """Codes from side features: L2-normalise rows, PCA to ``M`` components, quantile-bin each.
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-CODE_ASSIGNMENTS = ("svd", "svd_proj", "random", "features", "features_svd")
+CODE_ASSIGNMENTS = ("svd", "random", "features", "features_svd")
 ID_TARGETS = ("user", "item")
 FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS
