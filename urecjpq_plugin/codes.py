@@ -319,31 +319,6 @@ def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int, distinct: 
     return torch.from_numpy(codes)
 
 
-def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """Index of the nearest centroid for each row of ``x``, in bounded memory."""
-    out = torch.empty(x.shape[0], dtype=torch.long)
-    c_sq = (centroids * centroids).sum(1)
-    for start in range(0, x.shape[0], chunk):
-        block = x[start : start + chunk]
-        dist = c_sq[None, :] - 2 * block @ centroids.T  # ||x||^2 is constant per row
-        out[start : start + chunk] = dist.argmin(1)
-    return out
-
-
-def _kmeans_plus_plus(x: torch.Tensor, ksub: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centroid drawn with probability ~ squared distance."""
-    centroids = x[torch.randint(len(x), (1,), generator=gen)]
-    best = ((x - centroids[0]) ** 2).sum(1)
-    for _ in range(1, ksub):
-        if best.sum() <= 0:  # fewer distinct points than centroids: repeat one, it stays unused
-            pick = torch.randint(len(x), (1,), generator=gen)
-        else:
-            pick = torch.multinomial(best, 1, generator=gen)
-        centroids = torch.cat([centroids, x[pick]])
-        best = torch.minimum(best, ((x - x[pick]) ** 2).sum(1))
-    return centroids
-
-
 def kmeans_codes(
     vectors: torch.Tensor, M: int, ksub: int, seed: int, iters: int = 25, max_points_per_centroid: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,24 +329,8 @@ def kmeans_codes(
     centroids are trained on at most ``ksub * max_points_per_centroid`` sampled rows; all rows
     are then assigned.
     """
+    from .pq import ProductQuantizer  # the one product quantiser
+
     vectors = torch.as_tensor(vectors, dtype=torch.float32).detach().cpu()
-    n, d = vectors.shape
-    if d % M:
-        raise JPQConfigError(f"d={d} should be a multiple of M={M}")
-    dsub = d // M
-    gen = torch.Generator().manual_seed(seed)
-    sample = torch.randperm(n, generator=gen)[: ksub * max_points_per_centroid]
-    codes = torch.empty(n, M, dtype=torch.long)
-    centroids = torch.empty(M, ksub, dsub)
-    for k in range(M):
-        x = vectors[sample, k * dsub : (k + 1) * dsub]
-        c = _kmeans_plus_plus(x, ksub, gen)
-        for _ in range(iters):
-            assign = _nearest(x, c)
-            sums = torch.zeros_like(c).index_add_(0, assign, x)
-            counts = torch.bincount(assign, minlength=ksub).float()
-            filled = counts > 0
-            c[filled] = sums[filled] / counts[filled, None]
-        codes[:, k] = _nearest(vectors[:, k * dsub : (k + 1) * dsub], c)
-        centroids[k] = c
-    return as_codes(codes, ksub), centroids
+    pq = ProductQuantizer(vectors.shape[1], M, ksub, seed, iters, max_points_per_centroid).train(vectors)
+    return as_codes(pq.encode(vectors), ksub), pq.centroids

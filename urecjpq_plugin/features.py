@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from .codes import code_dtype, feature_codes, kmeans_codes, make_distinct, svd_codes
+from .pq import relative_error
 from .config import JPQConfigError
 from .jpq import JPQEmbedding
 
@@ -35,22 +36,14 @@ class FeatureSwap:
     params_after: int
     bytes_before: int
     bytes_after: int
-    relative_error: float  # ||X - X_hat||^2 / ||X||^2 at start
+    relative_error: float  # ||X - X_hat||_F / ||X||_F at start (pq.relative_error)
 
     def describe(self) -> str:
         state = "trainable" if self.trainable else "frozen"
         return (
             f"{self.name}[{self.rows}x{self.dim}] ({state}): PQ reconstruction error at start "
-            f"{self.relative_error:.4f} (relative squared), bytes {self.bytes_before:,} -> {self.bytes_after:,}"
+            f"{self.relative_error:.4f} (||X - X_hat|| / ||X||), bytes {self.bytes_before:,} -> {self.bytes_after:,}"
         )
-
-
-def relative_error(original: torch.Tensor, approx: torch.Tensor) -> float:
-    """``||X - X_hat||^2 / ||X||^2`` (0 is exact)."""
-    original = original.detach().float().cpu()
-    approx = approx.detach().float().cpu()
-    denom = float((original * original).sum())
-    return float(((original - approx) ** 2).sum()) / max(denom, 1e-30)
 
 
 def check_feature_dim(dim: int, M: int, name: str) -> None:
