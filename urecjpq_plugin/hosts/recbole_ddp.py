@@ -268,13 +268,13 @@ def _init_logger_rank0_files(original: Any) -> Any:
 
 def install_rank_patches(local_rank: int, backend: str, activate: Callable[[], None]) -> None:
     """Activate the plugin (the RecBole host's ``activate``) and patch RecBole for this rank (this process only)."""
+    if _PATCHED:
+        return
+    activate()  # first: its compat shims must be in place before recbole.quick_start is imported
     from recbole.config import configurator
     from recbole.quick_start import quick_start
     from recbole.trainer import trainer
 
-    if _PATCHED:
-        return
-    activate()
     built = quick_start.get_model
     quick_start.get_model = lambda name: _synced_model_class(built(name))
     chosen = quick_start.get_trainer
