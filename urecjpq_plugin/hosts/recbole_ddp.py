@@ -252,6 +252,9 @@ def _init_logger_rank0_files(original: Any) -> Any:
     """RecBole opens a (silent, empty) log file in every rank; keep only rank 0's."""
 
     def init_logger(config: Any) -> None:
+        # RecBole's ensure_dir checks, then creates ./log/<model>: ranks racing there fail with
+        # FileExistsError; create it first, idempotently.
+        os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
         original(config)
         if config["single_spec"] or config["local_rank"] == 0:
             return
