@@ -49,26 +49,9 @@ def _timed(seconds: dict, phase: str, call, *args, **kwargs):
 
 def build(model_name: str, dataset: str, jpq: bool, epochs: int):
     """RecBole's ``run_recbole`` steps up to the trainer, with the plugin active."""
-    import urecjpq_plugin
-    from urecjpq_plugin.hosts.recbole_cli import shipped_data_path
+    from urecjpq_plugin.bench.recbole_runner import build_trainer
 
-    urecjpq_plugin.activate("recbole")
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_logger, init_seed
-
-    config_dict = {**_settings(epochs), "jpq": jpq}
-    shipped = shipped_data_path(dataset)
-    if shipped and not os.path.isdir(os.path.join("dataset", dataset)):
-        config_dict["data_path"] = shipped
-    config = Config(model=model_name, dataset=dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    data = create_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, data)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, _, trainer, (train_data, valid_data, _) = build_trainer(model_name, dataset, {**_settings(epochs), "jpq": jpq})
     return trainer, train_data, valid_data
 
 

@@ -68,8 +68,9 @@ def _timed_epochs(trainer: Any) -> list[float]:
     return seconds
 
 
-def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: Any) -> dict:
-    """Train ``model`` on ``dataset`` with RecBole (plugin active), test the best checkpoint; see :mod:`.hosts`."""
+def build_trainer(model: str, dataset: str, config_dict: dict) -> tuple:
+    """``run_recbole``'s steps up to the trainer, plugin active (RecBole's shipped ml-100k when there is
+    no local copy): ``(config, dataset, trainer, (train, valid, test))``."""
     from ..hosts.recbole import activate
     from ..hosts.recbole_cli import shipped_data_path
 
@@ -78,7 +79,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
 
-    config_dict = {**BENCH_DEFAULTS, "checkpoint_dir": os.path.join(out_dir, "saved"), **overrides}
+    config_dict = dict(config_dict)
     if "data_path" not in config_dict and not os.path.isdir(os.path.join("dataset", dataset)):
         shipped = shipped_data_path(dataset)
         if shipped:
@@ -87,10 +88,17 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    splits = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    net = get_model(config["model"])(config, splits[0]._dataset).to(config["device"])
+    return config, data, get_trainer(config["MODEL_TYPE"], config["model"])(config, net), splits
+
+
+def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: Any) -> dict:
+    """Train ``model`` on ``dataset`` with RecBole (plugin active), test the best checkpoint; see :mod:`.hosts`."""
+    config, data, trainer, (train_data, valid_data, test_data) = build_trainer(model, dataset, {
+        **BENCH_DEFAULTS, "checkpoint_dir": os.path.join(out_dir, "saved"), **overrides})
+    net = trainer.model
     epoch_seconds = _timed_epochs(trainer)
     best_valid, valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
