@@ -428,3 +428,38 @@ def test_table_parameters_counts_a_shared_parameter_once():
             self.t_preference = self.t_gcn.preference  # what DualGNN.forward does
 
     assert mmrec.table_parameters(Shared(), N_USERS, N_ITEMS) == (N_USERS * DIM, 0)
+
+
+@qualified("models.bpr", "BPR")
+class BPRModel(nn.Module):
+    """MMRec's BPR: its full_sort_predict is the user vectors @ the raw item table."""
+
+    def __init__(self):
+        super().__init__()
+        self.user_embedding = nn.Embedding(N_USERS, DIM)
+        self.item_embedding = nn.Embedding(N_ITEMS, DIM)
+
+    def get_user_embedding(self, user):
+        return self.user_embedding(user)
+
+    def full_sort_predict(self, interaction):
+        return torch.matmul(self.get_user_embedding(interaction[0]), self.item_embedding.weight.transpose(0, 1))
+
+
+def test_bpr_full_sort_scores_from_the_codes():
+    model = BPRModel()
+    compress(model)
+    assert model._urecjpq_pq_full_sort == "BPR"
+    users = torch.tensor([0, 3, 29])
+    with torch.no_grad():
+        routed = model.full_sort_predict((users,))
+        own = BPRModel.full_sort_predict(model, (users,))  # MMRec's own computation on the decoded table
+    assert routed.shape == (3, N_ITEMS) and torch.allclose(routed, own, atol=1e-6)
+
+    class OwnScores(BPRModel):  # a subclass with its own full_sort_predict keeps it
+        def full_sort_predict(self, interaction):
+            return super().full_sort_predict(interaction) * 2
+
+    other = OwnScores()
+    compress(other)
+    assert not hasattr(other, "_urecjpq_pq_full_sort")

@@ -7,6 +7,7 @@ learned ``C [M, ksub, dsub]`` (the only Parameter), ``dsub = d / M``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .codes import as_codes
@@ -18,6 +19,11 @@ from .config import JPQConfigError
 WEIGHT_CACHE_BYTES = 64 * 2**20
 
 
+# Without autograd, tables up to this many floats (1 MiB) are read through their cached decode even
+# when few ids are asked for: re-decoding one after every optimizer step costs well under a millisecond.
+EVAL_DECODE_FLOATS = 1 << 18
+
+
 class _GatherRows(torch.autograd.Function):
     """``table.index_select(0, rows)`` whose backward accumulates with ``index_put_``.
 
@@ -25,11 +31,15 @@ class _GatherRows(torch.autograd.Function):
     thread, 32k-330k rows into a [2048, 8] codebook: ``F.embedding``'s backward took 3-6x and
     ``index_select``'s (``index_add_``) 1.4-2x the time of an accumulating ``index_put_``.
     Same values, same gradient.
+
+    ``rows`` is an intermediate, kept on ``ctx`` rather than saved for backward: a backward pass does
+    not free it, so a decoded table shared by several losses (the per-step table of
+    :class:`JPQEmbedding`, gradient accumulation) can be back-propagated more than once.
     """
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
+        ctx.rows = rows
         ctx.table_shape = table.shape
         return table.index_select(0, rows)
 
@@ -37,9 +47,8 @@ class _GatherRows(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None
-        (rows,) = ctx.saved_tensors
         table_grad = grad.new_zeros(ctx.table_shape)
-        return table_grad.index_put_((rows,), grad, accumulate=True), None
+        return table_grad.index_put_((ctx.rows,), grad, accumulate=True), None
 
 
 def gather_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -123,54 +132,115 @@ class JPQEmbedding(nn.Module):
         return gather_rows(table, self._flat_rows(codes)).reshape(*codes.shape[:-1], self.embedding_dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Gather only the rows asked for: ``ids [...]`` -> ``[..., d]``."""
+        """``ids [...]`` -> ``[..., d]``: gathers the rows asked for, or reads a decoded table where
+        that is cheaper (see :meth:`_step_table` and :meth:`_eval_table`)."""
         flat_ids = ids.reshape(-1)
         if flat_ids.dtype not in (torch.int64, torch.int32):
             flat_ids = flat_ids.long()  # as nn.Embedding: integer ids of any width
-        rows = self._flat_rows(self.codes.index_select(0, flat_ids))  # index_select: ~5x faster than codes[ids]
+        if torch.is_grad_enabled() and self.sub_embeddings.requires_grad:
+            table = self._step_table(flat_ids.numel())
+        else:
+            table = self._eval_table()
+        if table is not None:
+            return F.embedding(flat_ids, table).view(*ids.shape, self.embedding_dim)
+        is_padding = None if self.padding_idx is None else flat_ids == self.padding_idx
+        # index_select: ~5x faster than codes[ids]
+        rows = self._gather(self.codes.index_select(0, flat_ids), is_padding)
+        return rows.view(*ids.shape, self.embedding_dim)
+
+    def _gather(self, codes: torch.Tensor, is_padding: torch.Tensor | None) -> torch.Tensor:
+        """Decoded rows ``[n, d]`` of ``codes [n, M]``, zeros where ``is_padding [n]``, differentiable."""
+        rows = self._flat_rows(codes)
         table = self.sub_embeddings.reshape(self.M * self.ksub, self.dsub)
-        if self.padding_idx is not None:
+        if is_padding is not None:
             # Padding ids read an appended constant zero row: masking M int64 row numbers per id
             # costs far less than masking the d floats of the output and of its gradient
-            # (SimpleX pads every user history: 200k padded lookups a batch).
-            is_padding = (flat_ids == self.padding_idx).unsqueeze(-1)
-            rows.view(-1, self.M).masked_fill_(is_padding, table.shape[0])
+            # (SimpleX pads every user history: 200k padded lookups a batch). Neither the mask nor
+            # the concatenation keeps a tensor for backward, so no backward pass frees anything.
+            rows.view(-1, self.M).masked_fill_(is_padding.unsqueeze(-1), table.shape[0])
             table = torch.cat([table, table.new_zeros(1, self.dsub)])
-        return gather_rows(table, rows).reshape(*ids.shape, self.embedding_dim)
+        return gather_rows(table, rows).view(-1, self.embedding_dim)
+
+    def _decode_all(self) -> torch.Tensor:
+        is_padding = None
+        if self.padding_idx is not None:
+            is_padding = torch.arange(self.num_embeddings, device=self.codes.device) == self.padding_idx
+        return self._gather(self.codes, is_padding)
 
     @property
     def weight(self) -> torch.Tensor:
         """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight``.
 
-        Without autograd (evaluation) a table up to :data:`WEIGHT_CACHE_BYTES` is decoded once and
-        reused until the sub-embeddings or codes change: hosts such as SimpleX read ``.weight`` for every
-        evaluation batch, which RecBole makes two users small on ml-100k.
+        Tables up to :data:`WEIGHT_CACHE_BYTES` are decoded once and reused until the sub-embeddings or
+        codes change: without autograd (evaluation: SimpleX reads ``.weight`` for every batch, which
+        RecBole makes two users small on ml-100k) and with it (the per-step table, :meth:`_step_table`).
         """
-        cacheable = self._weight_cacheable()
-        if cacheable:
-            cached = self.__dict__.get("_decoded_weight")
-            if cached is not None and cached[0] == self._weight_stamp() and cached[1]._version == cached[2]:
-                return cached[1]
-        self.__dict__.pop("_decoded_weight", None)
-        out = self.decode(self.codes)
-        if self.padding_idx is not None:
-            # In place on the fresh decode (its backward does not need it): no second [N, d] pass.
-            out[self.padding_idx] = 0
-        if cacheable:
-            self.__dict__["_decoded_weight"] = (self._weight_stamp(), out, out._version)
-        return out
+        if not self._small_enough_to_cache():
+            return self._decode_all()
+        training = torch.is_grad_enabled() and self.sub_embeddings.requires_grad
+        key = "_step_weight" if training else "_decoded_weight"
+        table = self._cached(key)
+        return table if table is not None else self._cache(key, self._decode_all())
 
-    def _weight_cacheable(self) -> bool:
-        sub = self.sub_embeddings
-        if (sub.requires_grad and torch.is_grad_enabled()) or torch.is_inference_mode_enabled():
-            return False  # inference tensors have no version counter to validate a cache with
+    def _eval_table(self) -> torch.Tensor | None:
+        """Without autograd, the cached decoded table when it exists or is small enough
+        (:data:`EVAL_DECODE_FLOATS`) that decoding it whole costs less than the few small ops of a
+        gather (evaluation reads a few users per batch); else ``None``."""
+        table = self._cached("_decoded_weight")
+        if table is None and self.num_embeddings * self.embedding_dim <= EVAL_DECODE_FLOATS:
+            table = self._cache("_decoded_weight", self._decode_all())
+        return table
+
+    def _step_table(self, lookups: int) -> torch.Tensor | None:
+        """The differentiable decoded table shared by every read of one training step, or ``None``.
+
+        Decoding costs one gather of ``M`` codebook rows per table row and one scatter back in
+        backward; lookups through the decoded table then cost what ``nn.Embedding``'s do. A step that
+        reads the table more than once (BPR: positives and negatives; SimpleX: histories, positives,
+        negatives; SGL: three propagations) pays the decode once. Reused until the optimizer (or
+        anything else) changes the sub-embeddings or codes; built only when this read alone has at
+        least as many lookups as the table has rows, so large catalogues keep gathering only the rows
+        asked for.
+        """
+        table = self._cached("_step_weight")
+        if table is None and lookups >= self.num_embeddings:
+            table = self._cache("_step_weight", self._decode_all())
+        return table
+
+    def _small_enough_to_cache(self) -> bool:
+        sub = self._parameters["sub_embeddings"]
         return self.num_embeddings * self.embedding_dim * sub.element_size() <= WEIGHT_CACHE_BYTES
+
+    def _cached(self, key: str) -> torch.Tensor | None:
+        """The table cached under ``key`` if nothing changed since it was decoded, else ``None``."""
+        cached = self.__dict__.get(key)
+        if cached is None or torch.is_inference_mode_enabled():
+            return None
+        stamp, table, version = cached
+        if table._version != version or stamp != self._weight_stamp():
+            del self.__dict__[key]
+            return None
+        return table
+
+    def _cache(self, key: str, table: torch.Tensor) -> torch.Tensor:
+        # Inference tensors have no version counter to validate a cache with; oversized tables stay
+        # uncached so a large compressed catalogue never holds its decoded table at rest.
+        if not torch.is_inference_mode_enabled() and self._small_enough_to_cache():
+            self.__dict__[key] = (self._weight_stamp(), table, table._version)
+        return table
 
     def _weight_stamp(self) -> tuple:
         # Version counters move on every in-place change (optimizer steps, load_state_dict);
         # data_ptr/dtype catch replaced storage (.to(), .data = ...).
-        sub, codes = self.sub_embeddings, self.codes
+        sub, codes = self._parameters["sub_embeddings"], self._buffers["codes"]
         return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr())
+
+    def __getstate__(self) -> dict:
+        # Decoded tables are caches (the per-step one carries an autograd graph: no copy, no pickle).
+        state = dict(super().__getstate__())
+        state.pop("_step_weight", None)
+        state.pop("_decoded_weight", None)
+        return state
 
     def score(self, queries: torch.Tensor) -> torch.Tensor:
         """``queries [B, d]`` -> ``[B, num_embeddings]`` dot products with the rows (padding column 0).
@@ -178,8 +248,14 @@ class JPQEmbedding(nn.Module):
         No decoded table is kept: a lookup-table scan over the codes for few queries, chunked decode +
         matmul for big batches, whichever :func:`~urecjpq_plugin.topk.scores_from_codes` measures cheaper.
         """
-        from .topk import scores_from_codes  # local import: topk builds on this module
+        from .topk import SMALL_TABLE_FLOATS, scores_from_codes  # local import: topk builds on this module
 
+        small = self.num_embeddings * self.embedding_dim <= SMALL_TABLE_FLOATS
+        no_grad = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        if small and no_grad and queries.dim() == 2 and queries.shape[1] == self.embedding_dim:
+            # Evaluation of a small catalogue, a few queries per call (RecBole: two users a batch on
+            # ml-100k): the decoded table cached on this module makes it the uncompressed q @ W.T.
+            return queries.to(self.sub_embeddings.dtype) @ self.weight.T
         return scores_from_codes(queries, self.sub_embeddings, self.codes, self.padding_idx)
 
     def topk(self, queries: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ _MIN_CHUNK, _MAX_CHUNK = 1024, 65536
 # From this many queries on, embedding_bag beats per-split gathers (B=1: 8x slower; B=4: 2x faster).
 _BAG_MIN_BATCH = 4
 # Full scores of tables up to this size (16 MiB decoded) reuse a cached decode between calls.
-_CACHED_DECODE_FLOATS = 1 << 22
+SMALL_TABLE_FLOATS = 1 << 22
 # Over-fetching for exclusions beyond this many candidates per query stops paying in faiss's heap.
 _FAISS_MAX_FETCH = 4096
 
@@ -372,7 +372,7 @@ def scores_from_codes(
     chosen = choose_method(queries, sub_embeddings, codes, full=True) if method == "auto" else method
     batch, d = queries.shape
     n_items = codes.shape[0]
-    if method == "auto" and n_items * d <= _CACHED_DECODE_FLOATS and not torch.is_grad_enabled():
+    if method == "auto" and n_items * d <= SMALL_TABLE_FLOATS and not torch.is_grad_enabled():
         # A small catalogue decodes once (cached until the sub-embeddings change): then every batch
         # costs what the uncompressed table's q @ W.T costs (RecBole evaluates a few users per batch).
         chosen = "matmul"
@@ -385,7 +385,7 @@ def scores_from_codes(
         return scores
     with torch.no_grad():
         queries = queries.to(sub_embeddings.dtype)
-        if chosen == "matmul" and n_items * d <= _CACHED_DECODE_FLOATS:
+        if chosen == "matmul" and n_items * d <= SMALL_TABLE_FLOATS:
             scores = queries @ kernels.decoded_table(sub_embeddings, codes).T
         elif chosen == "matmul" and 4 * d <= batch:  # the decoded table is under 1/4 of the scores returned
             scores = queries @ kernels.decode_rows(sub_embeddings, codes).T

@@ -36,6 +36,7 @@ from ..inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, 
 from ..jpq import JPQEmbedding
 from . import mmrec_compat, mmrec_run
 from .base import Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, wrap_model_class
+from .full_sort import route_full_sort
 from .mmrec_args import overrides_from_argv
 from .mmrec_run import (  # noqa: F401  (names this module has always offered)
     CACHE_ATTRS,
@@ -97,6 +98,12 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 
 
 # -- compression ----------------------------------------------------------------------------------
+# MMRec model class -> (query vectors, raw item table) where its full_sort_predict is
+# ``query @ <item table>.weight.T`` (read from MMRec's source; the others score propagated or
+# feature-fused item representations, which are not the compressed table).
+PQ_FULL_SORT = {"BPR": (lambda model, interaction: model.get_user_embedding(interaction[0]), "item_embedding")}
+
+
 def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
     """Swap ``model``'s ID (and requested feature) tables; every check runs before any change.
 
@@ -142,6 +149,7 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
                                      is_building_for_load())
         swap_table(model, TableRef(FEATURE_TABLES[target], target, "embedding", tuple(module.weight.shape)), new)
         swaps.append(swap)
+    route_full_sort(model, PQ_FULL_SORT, "models.")  # MMRec returns [B, N] scores
     log_swaps(records, jcfg, before, count_trainable(model), [f"urecjpq: JPQ feature table {s.describe()}" for s in swaps])
     summary = {"records": records, "features": swaps}
     model._urecjpq_summary = summary

@@ -2,11 +2,8 @@
 
 ``install_pq_full_sort(model)`` replaces the bound ``full_sort_predict`` of one compressed model
 instance by: the user/sequence vectors computed exactly as the model's own ``full_sort_predict`` does,
-then ``JPQEmbedding.score``. RecBole's trainer needs the full ``[B, N]`` scores (it masks the history
-and item 0 itself), so this is the full-score dispatcher (:func:`urecjpq_plugin.topk.scores_from_codes`):
-a lookup-table scan for a query or two over a large catalogue, decode + BLAS matmul otherwise (small
-tables, RecBole's evaluation batches of many users), which costs what the uncompressed ``q @ W.T``
-costs plus one decode of the table, never the slow per-item gathers at large batches.
+then ``JPQEmbedding.score`` (:mod:`.full_sort`). RecBole's trainer needs the full ``[B, N]`` scores (it
+masks the history and item 0 itself), so this is the full-score dispatcher, not top-k.
 
 The mapping below is explicit and only lists models whose RecBole 1.2.1 ``full_sort_predict`` is
 ``query @ <item table>.weight.T`` with the raw item table (read from their source). Models that
@@ -16,15 +13,12 @@ the table (LightGCN, NGCF, ...) keep their own path.
 
 from __future__ import annotations
 
-import types
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..jpq import JPQEmbedding
-
-Query = Callable[[nn.Module, Any], torch.Tensor]
+from .full_sort import Query, route_full_sort
 
 
 def _user_embedding(model: nn.Module, interaction: Any) -> torch.Tensor:
@@ -59,34 +53,8 @@ PQ_FULL_SORT: dict[str, tuple[Query, str]] = {
 }
 
 
-def _recbole_owner(model: nn.Module) -> type | None:
-    """The class whose ``full_sort_predict`` the instance runs, if it is one of RecBole's own."""
-    for cls in type(model).__mro__:
-        if "full_sort_predict" in cls.__dict__:
-            return cls if cls.__module__.startswith("recbole.model.") else None
-    return None
-
-
 def install_pq_full_sort(model: nn.Module) -> bool:
-    """Route ``model.full_sort_predict`` through PQ scoring; ``False`` (no change) when not applicable.
-
-    Applicable when the model's ``full_sort_predict`` is RecBole's own for a class in
-    :data:`PQ_FULL_SORT` and its item table is a :class:`JPQEmbedding`. Idempotent.
-    """
-    owner = _recbole_owner(model)
-    if owner is None or owner.__name__ not in PQ_FULL_SORT:
-        return False
-    query, table_name = PQ_FULL_SORT[owner.__name__]
-    table = getattr(model, table_name, None)
-    if not isinstance(table, JPQEmbedding):
-        return False
-
-    flatten = ".general_recommender." in owner.__module__  # as the originals: general [B*N], sequential [B, N]
-
-    def full_sort_predict(self: nn.Module, interaction: Any) -> torch.Tensor:
-        scores = getattr(self, table_name).score(query(self, interaction))
-        return scores.reshape(-1) if flatten else scores
-
-    model.full_sort_predict = types.MethodType(full_sort_predict, model)
-    model._urecjpq_pq_full_sort = owner.__name__
-    return True
+    """Route ``model.full_sort_predict`` through PQ scoring (:func:`~.full_sort.route_full_sort`) when
+    it is RecBole's own for a class in :data:`PQ_FULL_SORT`; ``False`` (no change) otherwise."""
+    # As the originals: general recommenders return [B * N], sequential ones [B, N].
+    return route_full_sort(model, PQ_FULL_SORT, "recbole.model.", lambda owner: ".general_recommender." in owner.__module__)

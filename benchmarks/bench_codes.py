@@ -1,0 +1,86 @@
+"""Time and memory of SVD code assignment (``svd_codes``) on bench-scale's synthetic data, by stage.
+
+    python benchmarks/bench_codes.py [--sizes 1e6,1e7] [--M 16] [--ksub 256] [--threads 1]
+
+Per size (users = items, bench-scale's generator and interactions per user), one process each: the
+CPU seconds of the randomised SVD's sparse products, its orthonormalisations and final
+small SVD, the quantile binning and the distinct-code repair, and the peak RSS over the whole
+assignment. CPU seconds stay meaningful on a machine shared with other jobs (with --threads 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import resource
+import subprocess
+import sys
+import time
+
+STAGES = {  # cProfile function name -> stage
+    "times": "sparse X @ D",
+    "t_times": "sparse X.T @ D",
+    "orthonormalize": "orthonormalise (Cholesky-QR)",
+    "quantile_bin": "quantile binning",
+    "make_distinct": "distinct-code repair",
+}
+
+
+def child(size: int, M: int, ksub: int, threads: int) -> dict:
+    import torch
+
+    from urecjpq_plugin.bench.scale import per_user_for
+    from urecjpq_plugin.bench.synthetic import generate
+    from urecjpq_plugin.codes import svd_codes
+    from urecjpq_plugin.distinct import distinct_code_fraction
+
+    torch.set_num_threads(threads)
+    data = generate(size, size, per_user=per_user_for(size), seed=0)
+    X = data.train_csr()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    profile = cProfile.Profile(time.process_time)  # stage times in CPU seconds, like the total
+    wall, cpu = time.perf_counter(), time.process_time()
+    profile.enable()
+    user_codes, item_codes = svd_codes(X, M, ksub, seed=0)
+    profile.disable()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    stats = pstats.Stats(profile).stats
+    stages = {label: 0.0 for label in STAGES.values()}
+    for (_, _, name), (_, _, _, cumulative, _) in stats.items():
+        if name in STAGES:
+            stages[STAGES[name]] += cumulative
+    return {
+        "size": size, "nnz": int(X.nnz), "wall_s": wall, "cpu_s": cpu, "stages_s": stages,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30,
+        "rss_before_gib": rss_before / 2**30,
+        "distinct": [distinct_code_fraction(user_codes), distinct_code_fraction(item_codes)],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="1e6,1e7")
+    p.add_argument("--M", type=int, default=16)
+    p.add_argument("--ksub", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.M, args.ksub, args.threads)))
+        return
+    print(f"svd_codes, M={args.M}, ksub={args.ksub}, {args.threads} thread(s); wall and CPU seconds, CPU seconds by stage")
+    print("| users = items | interactions | wall s | CPU s | " + " | ".join(STAGES.values()) + " | peak RSS | distinct user / item |")
+    print("|---" * (6 + len(STAGES)) + "|")
+    for size in (int(float(s)) for s in args.sizes.split(",")):
+        cmd = [sys.executable, __file__, "--child", str(size), "--M", str(args.M), "--ksub", str(args.ksub),
+               "--threads", str(args.threads)]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        stages = " | ".join(f"{r['stages_s'][s]:.1f}" for s in STAGES.values())
+        print(f"| {size:.0e} | {r['nnz']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {stages} | "
+              f"{r['peak_rss_gib']:.2f} GiB | {r['distinct'][0]:.4f} / {r['distinct'][1]:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
