@@ -243,3 +243,22 @@ def test_svd_codes_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(one, three))
+
+
+def test_repair_of_large_groups_keeps_one_split_moves_and_draws_its_own_stream():
+    # Codes drawn from default_rng(0), then 1,000 rows set to row 0's code: row 0's one-split
+    # neighbourhood (3 x 255 codes) holds most of them, the rest go anywhere free. Those draws must
+    # not replay default_rng(0), which would redraw the table's own (used) rows every time.
+    codes = np.random.default_rng(0).integers(0, 256, (20_000, 3)).astype(np.uint8)
+    codes[19_000:] = codes[0]
+    fixed = distinct_codes(codes, 256, seed=0).numpy()
+    assert distinct_code_fraction(fixed) == 1.0
+    first = np.zeros(19_000, dtype=bool)
+    first[np.unique(codes[:19_000], axis=0, return_index=True)[1]] = True
+    assert (fixed[:19_000][first] == codes[:19_000][first]).all()  # the first of each code keeps it
+    changed = fixed[19_000:].astype(int) - codes[0].astype(int)
+    one_split = (changed != 0).sum(axis=1) == 1
+    assert 700 <= one_split.sum() <= 3 * 255
+    # nearest first: every in-range distance-1 neighbour is taken (none was in use)
+    distance = np.abs(changed[one_split]).max(axis=1)
+    assert (distance == 1).sum() == int((codes[0] > 0).sum() + (codes[0] < 255).sum())

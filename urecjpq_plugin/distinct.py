@@ -4,8 +4,8 @@ IDs with the same code get identical vectors and cannot be told apart by the mod
 assignment (:mod:`.codes`) breaks ties randomly per split, which leaves few collisions;
 :func:`make_distinct` resolves the rest: in each group of equal codes the lowest ID keeps its code
 and every other one moves to the nearest free sub-id in one split (distance 1 first, so it stays
-next to its group in the binned ordering). Vectorised over the table; the loop runs over the
-colliding IDs only.
+next to its group in the binned ordering); when a group's one-split neighbourhood is full, to any
+free code. Vectorised over the colliding IDs, in a few rounds (10^7 IDs: seconds).
 """
 
 from __future__ import annotations
@@ -64,49 +64,67 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == keys
 
 
-def _free_neighbours(code: np.ndarray, ksub: int, used: np.ndarray, taken: set):
-    """Free codes that differ from ``code`` in one split, nearest first: by distance in sub-id order,
-    then split, then +/-. Lazy, so the IDs of one group resume where the previous one stopped."""
-    M = code.shape[0]
-    low = 1
-    while low < ksub:
-        high = min(ksub, 2 * low)
-        dist = np.repeat(np.arange(low, high), 2 * M)
-        split = np.tile(np.repeat(np.arange(M), 2), high - low)
-        value = code[split].astype(np.int64) + dist * np.tile([1, -1], M * (high - low))
-        ok = (value >= 0) & (value < ksub)
-        cand = np.repeat(code[None], int(ok.sum()), axis=0)
-        cand[np.arange(len(cand)), split[ok]] = value[ok]
-        keys = row_keys(cand, ksub)
-        for i in np.flatnonzero(~_contains(used, keys)):
-            if int(keys[i]) not in taken:
-                yield cand[i], int(keys[i])
-        low = high
+def _contains_many(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """:func:`_contains` for many needles: searched in sorted order (numpy's binary search narrows
+    from the previous needle, which at 10^7 keys makes it several times faster than in row order)."""
+    order = np.argsort(keys)
+    found = np.empty(len(keys), dtype=bool)
+    found[order] = _contains(sorted_keys, keys[order])
+    return found
 
 
-def _move_to_near_codes(codes: np.ndarray, movers: np.ndarray, ksub: int, used: np.ndarray, max_dist: int):
-    """Vectorised first pass: one-split moves up to ``max_dist``, in :func:`_free_neighbours`'
-    order, all movers at once (most find a free code at distance 1). Returns the movers left
-    and the keys now taken."""
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each value of ``keys``."""
+    first = np.zeros(len(keys), dtype=bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first
+
+
+def _group_starts(groups: np.ndarray) -> np.ndarray:
+    """Start of each run of equal values in ``groups`` (sorted), repeated for every element."""
+    starts = np.flatnonzero(np.concatenate(([True], groups[1:] != groups[:-1])))
+    return np.repeat(starts, np.diff(np.append(starts, len(groups))))
+
+
+def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarray, ksub: int, used: np.ndarray):
+    """Move each of ``movers`` (sorted by ``groups``, the code group each leaves) to a free code that
+    differs from its group's code in one split, nearest first: candidate ``c`` of a group is distance
+    ``c // 2M + 1``, split ``c // 2 % M``, sign ``+`` for even ``c``. Vectorised in rounds: the movers
+    of a group propose consecutive candidates; out-of-range, used or contested ones propose the
+    group's next untried ones. Returns the movers whose neighbourhood ran out, and the keys taken."""
     M = codes.shape[1]
+    n_candidates = 2 * M * (ksub - 1)
+    pending = np.arange(len(movers))
+    proposal = pending - _group_starts(groups)  # rank of the mover in its group
     taken = np.empty(0, dtype=np.uint64)
-    for dist in range(1, min(max_dist, ksub - 1) + 1):
-        for k in range(M):
-            for sign in (1, -1):
-                if not len(movers):
-                    return movers, taken
-                value = codes[movers, k].astype(np.int64) + sign * dist
-                cand = codes[movers].copy()
-                cand[:, k] = np.clip(value, 0, ksub - 1)
-                keys = row_keys(cand, ksub)
-                ok = (value >= 0) & (value < ksub) & ~_contains(used, keys)
-                if len(taken):
-                    ok &= ~_contains(taken, keys)
-                ok &= np.isin(np.arange(len(keys)), np.unique(keys, return_index=True)[1])  # first mover wins
-                codes[movers[ok]] = cand[ok]
-                taken = np.union1d(taken, keys[ok])
-                movers = movers[~ok]
-    return movers, taken
+    stranded = []
+    while pending.size:
+        over = proposal >= n_candidates
+        if over.any():
+            stranded.append(movers[pending[over]])
+            pending, proposal = pending[~over], proposal[~over]
+            if not pending.size:
+                break
+        rows = movers[pending]
+        split, dist = proposal // 2 % M, proposal // (2 * M) + 1
+        value = codes[rows, split].astype(np.int64) + np.where(proposal % 2 == 0, dist, -dist)
+        candidate = codes[rows]
+        ok = (value >= 0) & (value < ksub)
+        candidate[np.arange(len(rows)), split] = np.where(ok, value, 0)
+        keys = row_keys(candidate, ksub)
+        ok &= ~_contains_many(used, keys)
+        if taken.size:
+            ok &= ~_contains_many(taken, keys)
+        ok &= _first_occurrences(np.where(ok, keys, 0)) | ~ok  # two groups proposing one code: first wins
+        codes[rows[ok]] = candidate[ok]
+        taken = np.union1d(taken, keys[ok])
+        # The failed movers of a group propose the candidates after the last one the group tried.
+        last_tried = np.zeros(int(groups.max()) + 1, dtype=np.int64)
+        np.maximum.at(last_tried, groups[pending], proposal)
+        pending = pending[~ok]
+        g = groups[pending]
+        proposal = last_tried[g] + 1 + (np.arange(len(pending)) - _group_starts(g))
+    return (np.concatenate(stranded) if stranded else np.empty(0, dtype=movers.dtype)), taken
 
 
 def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.ndarray, taken: set, seed: int) -> int:
@@ -120,7 +138,9 @@ def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.nda
         spare = everything[~_contains(used, keys) & ~np.isin(keys, taken_keys)][: len(rows)]
         codes[rows[: len(spare)]] = spare
         return len(rows) - len(spare)
-    rng = np.random.default_rng(seed)
+    # A stream of its own: default_rng(seed) may be the one that drew the codes (random_codes), and
+    # would redraw their rows.
+    rng = np.random.default_rng([seed, 0x5EED])
     for _ in range(64):  # the space is mostly empty: nearly every draw is free
         draw = rng.integers(0, ksub, size=(len(rows), M)).astype(codes.dtype)
         keys = row_keys(draw, ksub)
@@ -146,31 +166,22 @@ def make_distinct(codes: np.ndarray, ksub: int, seed: int = 0) -> int:
     if not repeats.any():
         return 0
     rows = np.flatnonzero(_contains(np.unique(used[1:][repeats]), keys))
+    # Groups of equal codes; rows ascend, so the lowest ID of each group keeps its code.
+    _, first, group = np.unique(keys[rows], return_index=True, return_inverse=True)
     del keys
-    # Exact groups of equal rows; rows ascend, so the lowest ID of each group keeps its code.
-    _, first, group = np.unique(codes[rows], axis=0, return_index=True, return_inverse=True)
     movers = np.delete(rows, first)
-    mover_group = np.delete(group.reshape(-1), first)
+    groups = np.delete(group.reshape(-1), first)
+    order = np.argsort(groups, kind="stable")  # by group, then by ID
+    movers, groups = movers[order], groups[order]
     space = ksub**M
     movable = min(len(movers), space - (n - int(np.count_nonzero(repeats))))  # free codes bound the moves
     left = len(movers) - movable
-    pending, taken_keys = _move_to_near_codes(codes, movers[:movable], ksub, used, max_dist=2)
-    keep = np.isin(movers[:movable], pending)
-    movers, mover_group = movers[:movable][keep], mover_group[:movable][keep]
-    taken: set[int] = set(taken_keys.tolist())
-    searches: dict = {}
-    stranded = []
-    for row, g in zip(movers, mover_group):
-        if g not in searches:
-            searches[g] = _free_neighbours(codes[row].copy(), ksub, used, taken)
-        code, key = next(searches[g], (None, None))
-        if code is None:
-            stranded.append(row)
-            continue
-        codes[row] = code
-        taken.add(key)
-    if stranded:
-        left += _place_anywhere(codes, np.array(stranded), ksub, used, taken, seed)
+    if movable < len(movers):  # keep the lowest IDs' moves
+        keep = np.isin(movers, np.sort(movers)[:movable])
+        movers, groups = movers[keep], groups[keep]
+    stranded, taken = _move_to_neighbours(codes, movers, groups, ksub, used)
+    if len(stranded):
+        left += _place_anywhere(codes, np.sort(stranded), ksub, used, set(taken.tolist()), seed)
     if left:
         logger.warning(
             f"urecjpq: {n:,} IDs but only ksub**M = {ksub}**{M} = {space:,} codes; {left:,} IDs share "
