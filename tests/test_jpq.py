@@ -129,13 +129,20 @@ def test_weight_without_autograd_follows_every_change_of_the_table():
     torch.optim.SGD(emb.parameters(), lr=1.0).zero_grad()
     (emb.weight ** 2).sum().backward()  # with autograd: a fresh differentiable decode
     torch.optim.SGD(emb.parameters(), lr=1.0).step()
-    with torch.no_grad():
+    ids, queries = torch.tensor([0, 2, 5, 5]), torch.randn(3, 8)
+
+    def reads_match() -> None:  # ids, .weight and score read the same (current) table
         assert torch.equal(emb.weight, fresh())
+        assert torch.equal(emb(ids), fresh()[ids])
+        assert torch.allclose(emb.score(queries), queries @ fresh().T, atol=1e-6)
+
+    with torch.no_grad():
+        reads_match()
     emb.load_state_dict({"codes": random_codes(30, 2, 4, 1), "sub_embeddings": torch.randn(2, 4, 4)})
     with torch.no_grad():
-        assert torch.equal(emb.weight, fresh())
+        reads_match()
     with torch.inference_mode():
-        assert torch.equal(emb.weight, fresh())
+        reads_match()
 
 
 @pytest.mark.parametrize("M", [4, 8, 16, 32])

@@ -186,6 +186,8 @@ class JPQEmbedding(nn.Module):
         """Without autograd, the cached decoded table when it exists or is small enough
         (:data:`EVAL_DECODE_FLOATS`) that decoding it whole costs less than the few small ops of a
         gather (evaluation reads a few users per batch); else ``None``."""
+        if torch.is_inference_mode_enabled():
+            return None  # nothing can be cached (no version counters): gather the rows asked for
         table = self._cached("_decoded_weight")
         if table is None and self.num_embeddings * self.embedding_dim <= EVAL_DECODE_FLOATS:
             table = self._cache("_decoded_weight", self._decode_all())
