@@ -201,11 +201,11 @@ class JPQEmbedding(nn.Module):
         reads the table more than once (BPR: positives and negatives; SimpleX: histories, positives,
         negatives; SGL: three propagations) pays the decode once. Reused until the optimizer (or
         anything else) changes the sub-embeddings or codes; built only when this read alone has at
-        least as many lookups as the table has rows, so large catalogues keep gathering only the rows
-        asked for.
+        least as many lookups as the table has rows and the table is at most
+        :data:`WEIGHT_CACHE_BYTES`, so large catalogues keep gathering only the rows asked for.
         """
         table = self._cached("_step_weight")
-        if table is None and lookups >= self.num_embeddings:
+        if table is None and lookups >= self.num_embeddings and self._small_enough_to_cache():
             table = self._cache("_step_weight", self._decode_all())
         return table
 
