@@ -98,6 +98,7 @@ def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarra
     proposal = pending - _group_starts(groups)  # rank of the mover in its group
     taken = np.empty(0, dtype=np.uint64)
     stranded = []
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
     while pending.size:
         over = proposal >= n_candidates
         if over.any():
@@ -115,11 +116,12 @@ def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarra
         ok &= ~_contains_many(used, keys)
         if taken.size:
             ok &= ~_contains_many(taken, keys)
-        ok &= _first_occurrences(np.where(ok, keys, 0)) | ~ok  # two groups proposing one code: first wins
+        free = np.flatnonzero(ok)
+        ok[free[~_first_occurrences(keys[free])]] = False  # two groups proposing one code: first wins
         codes[rows[ok]] = candidate[ok]
         taken = np.union1d(taken, keys[ok])
         # The failed movers of a group propose the candidates after the last one the group tried.
-        last_tried = np.zeros(int(groups.max()) + 1, dtype=np.int64)
+        last_tried = np.zeros(n_groups, dtype=np.int64)
         np.maximum.at(last_tried, groups[pending], proposal)
         pending = pending[~ok]
         g = groups[pending]

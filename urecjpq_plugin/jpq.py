@@ -128,8 +128,7 @@ class JPQEmbedding(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings)."""
-        table = self.sub_embeddings.reshape(self.M * self.ksub, self.dsub)
-        return gather_rows(table, self._flat_rows(codes)).reshape(*codes.shape[:-1], self.embedding_dim)
+        return self._gather(codes, None).view(*codes.shape[:-1], self.embedding_dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [...]`` -> ``[..., d]``: gathers the rows asked for, or reads a decoded table where
@@ -225,9 +224,9 @@ class JPQEmbedding(nn.Module):
         return table
 
     def _cache(self, key: str, table: torch.Tensor) -> torch.Tensor:
-        # Inference tensors have no version counter to validate a cache with; oversized tables stay
-        # uncached so a large compressed catalogue never holds its decoded table at rest.
-        if not torch.is_inference_mode_enabled() and self._small_enough_to_cache():
+        # Inference tensors have no version counter to validate a cache with. Callers check the size
+        # (_small_enough_to_cache, EVAL_DECODE_FLOATS) so a large catalogue is never held decoded.
+        if not torch.is_inference_mode_enabled():
             self.__dict__[key] = (self._weight_stamp(), table, table._version)
         return table
 
