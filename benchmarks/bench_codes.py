@@ -70,10 +70,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.M, args.ksub, args.threads)))
         return
+    try:
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes {args.sizes!r} is invalid; give comma-separated sizes such as 1e6,1e7")
+    for flag, value, least in (("--sizes", min(sizes), 2), ("--M", args.M, 1), ("--ksub", args.ksub, 2),
+                               ("--threads", args.threads, 1)):
+        if value < least:
+            p.error(f"{flag} {value} is invalid; it must be {least} or more")
     print(f"svd_codes, M={args.M}, ksub={args.ksub}, {args.threads} thread(s); wall and CPU seconds, CPU seconds by stage")
     print("| users = items | interactions | wall s | CPU s | " + " | ".join(STAGES.values()) + " | peak RSS | distinct user / item |")
     print("|---" * (6 + len(STAGES)) + "|")
-    for size in (int(float(s)) for s in args.sizes.split(",")):
+    for size in sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--M", str(args.M), "--ksub", str(args.ksub),
                "--threads", str(args.threads)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
