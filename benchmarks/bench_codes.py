@@ -22,6 +22,7 @@ import time
 STAGES = {  # cProfile function name -> stage
     "times": "sparse X @ D",
     "t_times": "sparse X.T @ D",
+    "sketch": "CountSketch X @ S",
     "orthonormalize": "orthonormalise (Cholesky-QR)",
     "quantile_bin": "quantile binning",
     "make_distinct": "distinct-code repair",
@@ -84,7 +85,7 @@ def main() -> None:
     for size in sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--M", str(args.M), "--ksub", str(args.ksub),
                "--threads", str(args.threads)]
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        r = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
         stages = " | ".join(f"{r['stages_s'][s]:.1f}" for s in STAGES.values())
         print(f"| {size:.0e} | {r['nnz']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {stages} | "
               f"{r['peak_rss_gib']:.2f} GiB | {r['distinct'][0]:.4f} / {r['distinct'][1]:.4f} |", flush=True)

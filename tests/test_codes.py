@@ -61,10 +61,16 @@ def test_randomized_svd_matches_exact_singular_values():
     rng = np.random.default_rng(0)
     prefs = rng.random((300, 5)) @ rng.random((5, 200))
     X = sp.csr_matrix((rng.random((300, 200)) < 0.1 * prefs / prefs.mean()).astype(float))
-    _, s, Vt = randomized_svd(X, 5, seed=0)
-    s_exact = np.sort(svds(X, k=5)[1])[::-1]
-    assert np.allclose(s, s_exact, rtol=1e-2)
-    assert np.allclose(np.abs(Vt @ Vt.T), np.eye(5), atol=1e-4)
+    s_exact = np.sort(svds(X, k=5)[1])[::-1]  # 27.6, then 9.92 .. 9.41 with no gap to the 6th (9.33)
+    errors = []
+    for seed in range(5):
+        _, s, Vt = randomized_svd(X, 5, seed=seed)
+        assert np.all(s <= s_exact * (1 + 1e-5))  # Ritz values never exceed the true ones
+        errors.append(1 - s / s_exact)
+        assert np.allclose(np.abs(Vt @ Vt.T), np.eye(5), atol=1e-4)
+    errors = np.array(errors)
+    assert errors[:, 0].max() < 1e-4  # the separated leading value is exact
+    assert errors.max() < 0.02 and errors.mean() < 0.01  # the gapless ones within 1 % on average
 
 
 def test_svd_codes_group_items_with_similar_users():

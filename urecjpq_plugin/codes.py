@@ -16,7 +16,7 @@ Binning breaks ties randomly per split, and random, SVD and feature codes then g
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import math
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,14 +24,12 @@ import torch
 
 from .config import MAX_KSUB, JPQConfigError
 from .distinct import distinct_code_fraction, distinct_codes, make_distinct  # noqa: F401 (public here too)
+from .rsvd import randomized_svd
 
 logger = logging.getLogger("urecjpq_plugin")
-_CHUNK = 1 << 20  # rows per block in the SVD's chunked draws and Gram sums
-# Power iterations of the randomised SVD: RecJPQ's (sklearn TruncatedSVD's default). On ml-100k,
-# codes from 5 (7) iterations put 85-90 % (95 %) of IDs in the same bin as the exact SVD's; 3: 60 %.
-N_ITER = 5
 _UNSIGNED = ((2**8, torch.uint8), (2**16, torch.uint16), (2**32, torch.uint32))
 _BUCKET_BITS = 20  # quantile_bin's first pass: up to 2^20 buckets by the values' top bits
+_TIE_SORT_LIMIT = 1 << 16  # straddling buckets larger than this are checked for one repeated value
 
 
 def code_dtype(ksub: int) -> torch.dtype:
@@ -84,123 +82,6 @@ def random_codes(n: int, M: int, ksub: int, seed: int, distinct: bool = True) ->
     return torch.from_numpy(codes)
 
 
-def _gram(Y: np.ndarray) -> np.ndarray:
-    """``Y.T @ Y``: float32 products (BLAS syrk/gemm, no copy) over row chunks, summed in float64."""
-    G = np.zeros((Y.shape[1], Y.shape[1]))
-    for start in range(0, Y.shape[0], _CHUNK):
-        block = Y[start : start + _CHUNK]
-        G += block.T @ block
-    return G
-
-
-def orthonormalize(Y: np.ndarray, passes: int = 2) -> np.ndarray:
-    """Orthonormal basis of ``Y``'s columns: Cholesky-QR ``passes`` times (twice: orthonormal to
-    float32 accuracy; once: well enough conditioned for a power iteration); Householder QR if
-    rank-deficient."""
-    Q = Y
-    try:
-        for _ in range(passes):
-            L = np.linalg.cholesky(_gram(Q))
-            Q = Q @ np.linalg.inv(L).T.astype(Q.dtype)
-    except np.linalg.LinAlgError:
-        Q, _ = np.linalg.qr(Y)
-    return Q
-
-
-def _uniform_float32(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
-    """Uniform draws in [-1, 1), ``[rows, width]`` float32, in chunks (a test matrix for the range
-    finder: any zero-mean i.i.d. draws work; uniform ones are ~3x cheaper than Gaussian)."""
-    out = np.empty((rows, width), dtype=np.float32)
-    for start in range(0, rows, _CHUNK):
-        block = rng.random((min(start + _CHUNK, rows) - start, width), dtype=np.float32)
-        out[start : start + len(block)] = 2.0 * block - 1.0
-    return out
-
-
-def _row_blocks(X: sp.csr_matrix, parts: int) -> list[tuple[int, int, sp.csr_matrix]]:
-    """``X`` cut into about ``parts`` row blocks of equal nonzeros, sharing ``X``'s arrays."""
-    cuts = np.searchsorted(X.indptr, np.linspace(0, X.nnz, parts + 1)[1:-1])
-    cuts = np.unique(np.concatenate([[0], cuts, [X.shape[0]]]))
-    blocks = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        s, e = X.indptr[a], X.indptr[b]
-        part = sp.csr_matrix((X.data[s:e], X.indices[s:e], X.indptr[a : b + 1] - s), shape=(b - a, X.shape[1]))
-        blocks.append((int(a), int(b), part))
-    return blocks
-
-
-class _Products:
-    """``X @ D`` and ``X.T @ D`` for dense ``D``. scipy's sparse products run on one thread (and
-    release the GIL), so with ``torch.get_num_threads() > 1`` the row blocks of ``X @ D`` run on
-    that many threads (blocks share ``X``'s arrays: no extra memory); same bits either way."""
-
-    def __init__(self, X: sp.csr_matrix):
-        self.X, self.threads = X, torch.get_num_threads()
-        if self.threads > 1:
-            self.pool = ThreadPoolExecutor(self.threads)
-            self.rows = _row_blocks(X, 4 * self.threads)
-
-    def times(self, D: np.ndarray) -> np.ndarray:
-        if self.threads == 1:
-            return self.X @ D
-        out = np.empty((self.X.shape[0], D.shape[1]), dtype=np.float32)
-
-        def one(block):
-            a, b, part = block
-            out[a:b] = part @ D
-
-        list(self.pool.map(one, self.rows))
-        return out
-
-    def t_times(self, D: np.ndarray) -> np.ndarray:
-        # Serial: threading it needs X.T as CSR too (+8 bytes per interaction; over 4 GiB at 10^7).
-        return np.asarray(self.X.T @ D)
-
-    def close(self) -> None:
-        if self.threads > 1:
-            self.pool.shutdown()
-
-
-def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, oversample: int = 10):
-    """Truncated SVD by randomised range finding (Halko et al.); never densifies ``X``.
-
-    Time goes to the ``2 * n_iter + 2`` sparse products (:class:`_Products`, threaded as torch is). Memory stays at ~3 live ``[N, k + oversample]`` float32
-    arrays (10^7 x 10^7 inputs fit in a few GiB): float32 draws and Gram products, one Cholesky-QR
-    per power-iteration step and two for the final basis, each iterate freed before the next, and
-    the wide ``B`` reduced through its small Gram matrix.
-    """
-    X = sp.csr_matrix(X, dtype=np.float32)
-    n_rows, n_cols = X.shape
-    width = min(k + oversample, min(n_rows, n_cols))
-    rng = np.random.default_rng(seed)
-    products = _Products(X)
-    Y = products.times(_uniform_float32(rng, n_cols, width))
-    for _ in range(n_iter):
-        Q = orthonormalize(Y, passes=1)
-        del Y
-        Z = orthonormalize(products.t_times(Q), passes=1)
-        del Q
-        Y = products.times(Z)
-        del Z
-    Q = orthonormalize(Y)
-    del Y
-    B = products.t_times(Q).T  # [width, n_cols]
-    products.close()
-    # SVD of the wide B through its width x width Gram matrix: B = Ub S Vt, Vt = S^-1 Ub^T B.
-    evals, Ub = np.linalg.eigh(_gram(B.T))
-    order = np.argsort(evals)[::-1][:k]
-    s = np.sqrt(np.maximum(evals[order], 0.0))
-    Ub = Ub[:, order]
-    Vt = (Ub.T / np.maximum(s, 1e-30)[:, None]).astype(np.float32) @ B
-    del B
-    U = Q @ Ub.astype(np.float32)
-    del Q
-    signs = np.sign(Vt.sum(axis=1, dtype=np.float64) + 1e-30).astype(np.float32)
-    U *= signs
-    Vt *= signs[:, None]
-    return U, s, Vt
-
-
 def _split_seeds(seed: int, count: int) -> list[int]:
     """Independent 32-bit seeds, one per split."""
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
@@ -214,6 +95,19 @@ def _mix32(x: np.ndarray) -> np.ndarray:
     x *= np.uint32(0x846CA68B)
     x ^= x >> np.uint32(16)
     return x
+
+
+def _affine_permutation(size: int, seed: int) -> np.ndarray:
+    """``(a * i + b) mod size`` for ``i < size``, with seeded ``a`` coprime to ``size``: a permutation."""
+    rng = np.random.default_rng(seed)
+    a = int(rng.integers(1, max(size, 2)))
+    while math.gcd(a, size) != 1:
+        a = int(rng.integers(1, size))
+    positions = np.arange(size, dtype=np.uint64)
+    positions *= np.uint64(a)
+    positions += np.uint64(rng.integers(0, size))
+    positions %= np.uint64(size)
+    return positions.astype(np.int64)
 
 
 def _sortable(values: np.ndarray) -> np.ndarray:
@@ -230,7 +124,8 @@ def _bin_column(values: np.ndarray, ksub: int, seed: int, out: np.ndarray) -> No
     """``out[i] = rank(i) * ksub // n``, ranking by value and breaking ties by a seeded random order.
 
     Without a full sort: values go into buckets by their top bits (up to 2^20, ~4n); a bucket whose
-    ranks all fall in one bin gives that bin directly, and only buckets that straddle a bin edge are sorted.
+    ranks all fall in one bin gives that bin directly, a large one of a single repeated value is
+    ranked by a random permutation, and only the other buckets that straddle a bin edge are sorted.
     """
     n = values.shape[0]
     bits = min(_BUCKET_BITS, max(8, n.bit_length() + 2))
@@ -241,6 +136,15 @@ def _bin_column(values: np.ndarray, ksub: int, seed: int, out: np.ndarray) -> No
     first_bin = start[:-1] * ksub // n
     straddles = (start[1:] - 1) * ksub // n > first_bin
     out[:] = first_bin.astype(out.dtype)[bucket]
+    for b in np.flatnonzero(straddles & (counts > _TIE_SORT_LIMIT)):
+        members = np.flatnonzero(bucket == b)
+        if key[members].min() == key[members].max():
+            # One repeated value (IDs without interactions all sit at 0.0): ranked in a seeded
+            # pseudo-random order, an affine permutation of their positions (one pass, where sorting
+            # millions of equal keys takes a second and shuffling a quarter of one).
+            ranks = start[b] + _affine_permutation(len(members), seed)
+            out[members] = ranks * ksub // n
+            straddles[b] = False
     inside = np.flatnonzero(straddles[bucket])
     if inside.size:
         tie_break = _mix32(inside.astype(np.uint32) + np.uint32(seed)).astype(np.uint64)

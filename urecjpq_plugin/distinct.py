@@ -25,24 +25,37 @@ def _exact(ksub: int, M: int) -> bool:
     return ksub**M <= 2**64
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place: a bijection of uint64 that spreads every input bit."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
 def row_keys(codes: np.ndarray, ksub: int) -> np.ndarray:
     """One uint64 per row, equal only for equal rows: the row's bytes when they are 8 (uint8 x 8),
-    else the code read in base ``ksub`` when ``ksub**M <= 2**64``, else a 64-bit hash (two
-    different rows share one with probability ~2^-64)."""
+    else the code read in base ``ksub`` when ``ksub**M <= 2**64``, else a 64-bit hash of the row's
+    bytes, 8 at a time (two different rows share one with probability ~2^-64)."""
     n, M = codes.shape
     if M * codes.itemsize == 8:
         return np.ascontiguousarray(codes).view(np.uint64).reshape(n)
-    key = np.zeros(n, dtype=np.uint64)
-    exact = _exact(ksub, M)
-    for k in range(M):
-        column = codes[:, k].astype(np.uint64)
-        if exact:
+    if _exact(ksub, M):
+        key = np.zeros(n, dtype=np.uint64)
+        for k in range(M):
             key *= np.uint64(ksub)
-            key += column
-        else:
-            key += column + np.uint64(1)
-            key *= _GOLDEN
-            key ^= key >> np.uint64(29)
+            key += codes[:, k].astype(np.uint64)
+        return key
+    raw = np.ascontiguousarray(codes).view(np.uint8).reshape(n, -1)
+    if raw.shape[1] % 8:
+        raw = np.concatenate([raw, np.zeros((n, -raw.shape[1] % 8), dtype=np.uint8)], axis=1)
+    words = raw.view(np.uint64)
+    key = np.full(n, _GOLDEN, dtype=np.uint64)
+    for j in range(words.shape[1]):
+        key ^= words[:, j]
+        _mix64(key)
     return key
 
 
@@ -60,8 +73,22 @@ def distinct_code_fraction(codes: np.ndarray | torch.Tensor) -> float:
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
     return sorted_keys[pos] == keys
+
+
+def _contains_filtered(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """:func:`_contains` for far more needles than keys: a bitmap of the keys' hashes (16 MB, held
+    in cache) passes on ~1 needle in 16 to the binary search."""
+    bits = 24
+    table = np.zeros(1 << bits, dtype=bool)
+    table[_mix64(sorted_keys.copy()) >> np.uint64(64 - bits)] = True
+    candidates = np.flatnonzero(table[_mix64(keys.copy()) >> np.uint64(64 - bits)])
+    found = np.zeros(len(keys), dtype=bool)
+    found[candidates] = _contains(sorted_keys, keys[candidates])
+    return found
 
 
 def _contains_many(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -71,6 +98,12 @@ def _contains_many(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     found = np.empty(len(keys), dtype=bool)
     found[order] = _contains(sorted_keys, keys[order])
     return found
+
+
+def _merge_sorted(sorted_keys: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``sorted_keys`` with ``new`` (not in it) added, still sorted: one insert, no re-sort."""
+    new = np.sort(new)
+    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
 
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:
@@ -91,7 +124,7 @@ def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarra
     differs from its group's code in one split, nearest first: candidate ``c`` of a group is distance
     ``c // 2M + 1``, split ``c // 2 % M``, sign ``+`` for even ``c``. Vectorised in rounds: the movers
     of a group propose consecutive candidates; out-of-range, used or contested ones propose the
-    group's next untried ones. Returns the movers whose neighbourhood ran out, and the keys taken."""
+    group's next untried ones. Returns the movers whose neighbourhood ran out, and the keys taken (sorted)."""
     M = codes.shape[1]
     n_candidates = 2 * M * (ksub - 1)
     pending = np.arange(len(movers))
@@ -119,7 +152,7 @@ def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarra
         free = np.flatnonzero(ok)
         ok[free[~_first_occurrences(keys[free])]] = False  # two groups proposing one code: first wins
         codes[rows[ok]] = candidate[ok]
-        taken = np.union1d(taken, keys[ok])
+        taken = _merge_sorted(taken, keys[ok])
         # The failed movers of a group propose the candidates after the last one the group tried.
         last_tried = np.zeros(n_groups, dtype=np.int64)
         np.maximum.at(last_tried, groups[pending], proposal)
@@ -129,15 +162,15 @@ def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarra
     return (np.concatenate(stranded) if stranded else np.empty(0, dtype=movers.dtype)), taken
 
 
-def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.ndarray, taken: set, seed: int) -> int:
+def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.ndarray, taken: np.ndarray, seed: int) -> int:
     """Free codes from anywhere in the space for ``rows`` (whose one-split neighbours are all taken):
-    the first free ones of a small space, random draws in a large one. Returns the rows left without."""
+    the first free ones of a small space, random draws in a large one. ``used`` and ``taken`` are
+    sorted keys. Returns the rows left without."""
     M = codes.shape[1]
-    taken_keys = np.fromiter(taken, dtype=np.uint64, count=len(taken))
     if ksub**M <= _DENSE_LIMIT:
         everything = np.indices((ksub,) * M, dtype=codes.dtype).reshape(M, -1).T
         keys = row_keys(everything, ksub)
-        spare = everything[~_contains(used, keys) & ~np.isin(keys, taken_keys)][: len(rows)]
+        spare = everything[~_contains(used, keys) & ~_contains(taken, keys)][: len(rows)]
         codes[rows[: len(spare)]] = spare
         return len(rows) - len(spare)
     # A stream of its own: default_rng(seed) may be the one that drew the codes (random_codes), and
@@ -146,10 +179,9 @@ def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.nda
     for _ in range(64):  # the space is mostly empty: nearly every draw is free
         draw = rng.integers(0, ksub, size=(len(rows), M)).astype(codes.dtype)
         keys = row_keys(draw, ksub)
-        free = ~_contains(used, keys) & ~np.isin(keys, taken_keys)
-        free &= np.isin(np.arange(len(keys)), np.unique(keys, return_index=True)[1])  # once per batch
+        free = ~_contains(used, keys) & ~_contains(taken, keys) & _first_occurrences(keys)
         codes[rows[free]] = draw[free]
-        taken_keys = np.concatenate([taken_keys, keys[free]])
+        taken = _merge_sorted(taken, keys[free])
         rows = rows[~free]
         if not len(rows):
             break
@@ -167,14 +199,16 @@ def make_distinct(codes: np.ndarray, ksub: int, seed: int = 0) -> int:
     repeats = used[1:] == used[:-1]
     if not repeats.any():
         return 0
-    rows = np.flatnonzero(_contains(np.unique(used[1:][repeats]), keys))
-    # Groups of equal codes; rows ascend, so the lowest ID of each group keeps its code.
-    _, first, group = np.unique(keys[rows], return_index=True, return_inverse=True)
+    shared = used[1:][repeats]  # sorted, a key once per extra row
+    shared = shared[np.concatenate(([True], shared[1:] != shared[:-1]))]
+    rows = np.flatnonzero(_contains_filtered(shared, keys))
+    # Groups of equal codes, by key then ID (rows ascend): the lowest ID of each group keeps its code.
+    grouped = keys[rows]
     del keys
-    movers = np.delete(rows, first)
-    groups = np.delete(group.reshape(-1), first)
-    order = np.argsort(groups, kind="stable")  # by group, then by ID
-    movers, groups = movers[order], groups[order]
+    order = np.argsort(grouped, kind="stable")
+    rows, grouped = rows[order], grouped[order]
+    first = np.concatenate(([True], grouped[1:] != grouped[:-1]))
+    movers, groups = rows[~first], np.cumsum(first)[~first] - 1
     space = ksub**M
     movable = min(len(movers), space - (n - int(np.count_nonzero(repeats))))  # free codes bound the moves
     left = len(movers) - movable
@@ -183,7 +217,7 @@ def make_distinct(codes: np.ndarray, ksub: int, seed: int = 0) -> int:
         movers, groups = movers[keep], groups[keep]
     stranded, taken = _move_to_neighbours(codes, movers, groups, ksub, used)
     if len(stranded):
-        left += _place_anywhere(codes, np.sort(stranded), ksub, used, set(taken.tolist()), seed)
+        left += _place_anywhere(codes, np.sort(stranded), ksub, used, taken, seed)
     if left:
         logger.warning(
             f"urecjpq: {n:,} IDs but only ksub**M = {ksub}**{M} = {space:,} codes; {left:,} IDs share "

@@ -1,0 +1,188 @@
+"""Truncated SVD of a sparse matrix by randomised subspace iteration (Halko, Martinsson & Tropp 2011).
+
+Built for 10^7 x 10^7 interaction matrices on one CPU thread in a few GiB: the dense iterates are
+two ``[N, width]`` float32 buffers written in place (fresh GiB-sized arrays per step cost as much
+in page faults as the arithmetic), one side is orthonormalised per power step, and the first
+product is a CountSketch (one signed add per nonzero instead of ``width`` multiply-adds).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+try:  # scipy's sparse x dense kernels, which write into a given output (X @ D allocates a new one)
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - a private module; without it the products allocate
+    _sparsetools = None
+
+# Power iterations: RecJPQ's (sklearn TruncatedSVD's default). On ml-100k and ML latest-small,
+# singular values from 5 iterations are within 0.1 % of the exact ones on average, from 3 within 0.5 %.
+N_ITER = 5
+OVERSAMPLE = 10
+_GRAM_ROWS = 1 << 16  # rows per block of the float64-accumulated Gram sums
+_MATMUL_ROWS = 1 << 14  # rows per block of in-place Y @ R (a block and its product stay in cache)
+_SKETCH_ROWS = 1 << 20  # rows per block of the CountSketch (bounds its per-nonzero temporaries)
+
+
+def _gram(Y: np.ndarray) -> np.ndarray:
+    """``Y.T @ Y``: float32 block products (BLAS syrk) summed in float64."""
+    G = np.zeros((Y.shape[1], Y.shape[1]))
+    for start in range(0, Y.shape[0], _GRAM_ROWS):
+        block = Y[start : start + _GRAM_ROWS]
+        G += block.T @ block
+    return G
+
+
+def _times_small_inplace(Y: np.ndarray, R: np.ndarray) -> None:
+    """``Y[:] = Y @ R`` for tall ``Y`` and square ``R``, block by block through a small buffer."""
+    buffer = np.empty((min(_MATMUL_ROWS, Y.shape[0]), R.shape[1]), dtype=Y.dtype)
+    for start in range(0, Y.shape[0], _MATMUL_ROWS):
+        block = Y[start : start + _MATMUL_ROWS]
+        out = buffer[: len(block)]
+        np.matmul(block, R, out=out)
+        block[...] = out
+
+
+def orthonormalize(Y: np.ndarray, passes: int = 2) -> np.ndarray:
+    """Orthonormal basis of ``Y``'s columns, in place when it can: Cholesky-QR ``passes`` times
+    (twice: orthonormal to float32 accuracy; once: well enough conditioned for a power iteration).
+    A rank-deficient ``Y`` gets Householder QR, returned as a new array."""
+    try:
+        for _ in range(passes):
+            L = np.linalg.cholesky(_gram(Y))
+            _times_small_inplace(Y, np.linalg.inv(L).T.astype(Y.dtype))
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(Y)[0].astype(Y.dtype)
+    return Y
+
+
+def _same_index_dtype(indices: np.ndarray, indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's kernels take one index type for both arrays."""
+    dtype = np.promote_types(indices.dtype, indptr.dtype)
+    return indices.astype(dtype, copy=False), indptr.astype(dtype, copy=False)
+
+
+class SparseProducts:
+    """``X @ D`` and ``X.T @ D`` for dense float32 ``D``, written into given outputs.
+
+    scipy's kernels run on one thread and release the GIL, so with ``torch.get_num_threads() > 1``
+    the row blocks of ``X @ D`` run on that many threads (same bits either way). ``X.T @ D``
+    scatters into the output and stays serial (a CSR copy of ``X.T`` to gather from instead costs
+    8 bytes per nonzero and measured no faster on one thread).
+    """
+
+    def __init__(self, X: sp.csr_matrix):
+        X.indices, X.indptr = _same_index_dtype(X.indices, X.indptr)
+        self.X = X
+        self.threads = torch.get_num_threads()
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def times(self, D: np.ndarray, out: np.ndarray) -> np.ndarray:
+        X, width = self.X, D.shape[1]
+        if _sparsetools is None:
+            out[...] = X @ D
+            return out
+        out[...] = 0.0
+
+        def block(a: int, b: int) -> None:
+            s, e = X.indptr[a], X.indptr[b]
+            _sparsetools.csr_matvecs(b - a, X.shape[1], width, X.indptr[a : b + 1] - s, X.indices[s:e],
+                                     X.data[s:e], D.reshape(-1), out[a:b].reshape(-1))
+
+        if self.pool is None:
+            block(0, X.shape[0])
+        else:
+            cuts = np.searchsorted(X.indptr, np.linspace(0, X.nnz, 4 * self.threads + 1)[1:-1])
+            cuts = np.unique(np.concatenate([[0], cuts, [X.shape[0]]])).tolist()
+            list(self.pool.map(lambda ab: block(*ab), zip(cuts[:-1], cuts[1:])))
+        return out
+
+    def t_times(self, D: np.ndarray, out: np.ndarray) -> np.ndarray:
+        X = self.X
+        if _sparsetools is None:
+            out[...] = X.T @ D
+            return out
+        out[...] = 0.0
+        # X's CSR arrays read as the CSC arrays of X.T
+        _sparsetools.csc_matvecs(X.shape[1], X.shape[0], D.shape[1], X.indptr, X.indices, X.data,
+                                 D.reshape(-1), out.reshape(-1))
+        return out
+
+    def sketch(self, width: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        """``X @ S`` for a CountSketch ``S [n_cols, width]``: each column of ``X`` added, with a random
+        sign, to one random column of ``out`` (a subspace embedding like a dense random matrix, at
+        one add per nonzero instead of ``width``; Clarkson & Woodruff 2013)."""
+        X = self.X
+        # target + 1 with the sign, in one small table (int8 for width < 128: 10 MB at 10^7 columns,
+        # cache-resident, gathered once per nonzero)
+        small = np.int8 if width < 127 else np.int16 if width < 32767 else np.int64
+        signed = rng.integers(1, width + 1, size=X.shape[1]).astype(small)
+        signed[rng.random(X.shape[1]) < 0.5] *= -1
+        if _sparsetools is None:
+            S = sp.csr_matrix((np.sign(signed).astype(np.float32), np.abs(signed) - 1, np.arange(X.shape[1] + 1)),
+                              shape=(X.shape[1], width))
+            out[...] = (X @ S).toarray()
+            return out
+        ones = X.nnz == 0 or (X.data.min() == 1.0 and X.data.max() == 1.0)
+        out[...] = 0.0
+        for a in range(0, X.shape[0], _SKETCH_ROWS):
+            b = min(a + _SKETCH_ROWS, X.shape[0])
+            s, e = X.indptr[a], X.indptr[b]
+            picked = signed[X.indices[s:e]]
+            values = np.sign(picked).astype(np.float32)
+            if not ones:
+                values *= X.data[s:e]
+            # X's rows with their column indices replaced by the targets: densifying sums them up
+            _sparsetools.csr_todense(b - a, width, X.indptr[a : b + 1] - s, np.abs(picked).astype(X.indices.dtype) - 1,
+                                     values, out[a:b].reshape(-1))
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, oversample: int = OVERSAMPLE):
+    """Top-``k`` SVD ``X ~ U diag(s) Vt`` by randomised subspace iteration; never densifies ``X``.
+
+    Time goes to the ``2 * n_iter + 1`` sparse products with ``width = k + oversample`` columns
+    (plus a CountSketch to start) and ``n_iter + 2`` Cholesky-QR passes; memory to two float32
+    iterates ``[n_rows, width]`` and ``[n_cols, width]``, then ``U`` and ``Vt`` themselves.
+    Returns ``U [n_rows, k]``, ``s [k]``, ``Vt [k, n_cols]`` (a transposed view), signs fixed so
+    each row of ``Vt`` sums to >= 0.
+    """
+    X = sp.csr_matrix(X, dtype=np.float32)
+    n_rows, n_cols = X.shape
+    width = min(k + oversample, min(n_rows, n_cols))
+    rng = np.random.default_rng(seed)
+    products = SparseProducts(X)
+    Y = products.sketch(width, rng, np.empty((n_rows, width), dtype=np.float32))
+    Z = np.empty((n_cols, width), dtype=np.float32)
+    try:
+        for _ in range(n_iter):
+            # Orthonormalising one side per step is enough: Z = X.T @ Y has condition ~(s_1/s_width)^2,
+            # well within Cholesky-QR's reach with a float64 Gram; Y = X @ Z then has ~s_1/s_width.
+            Z = orthonormalize(products.t_times(Y, Z), passes=1)
+            Y = products.times(Z, Y)
+        Q = orthonormalize(Y)
+        del Y
+        Bt = products.t_times(Q, Z)  # B = Q.T @ X, kept as B.T [n_cols, width]
+    finally:
+        products.close()
+    # SVD of B through its width x width Gram matrix: B = Ub S Vt, Vt = S^-1 Ub^T B.
+    evals, Ub = np.linalg.eigh(_gram(Bt))
+    order = np.argsort(evals)[::-1][:k]
+    s = np.sqrt(np.maximum(evals[order], 0.0))
+    Ub = Ub[:, order]
+    V = Bt @ (Ub / np.maximum(s, 1e-30)).astype(np.float32)  # [n_cols, k]
+    del Bt, Z
+    U = Q @ Ub.astype(np.float32)
+    del Q
+    signs = np.sign(V.sum(axis=0, dtype=np.float64) + 1e-30).astype(np.float32)
+    U *= signs
+    V *= signs
+    return U, s, V.T
