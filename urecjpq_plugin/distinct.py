@@ -36,18 +36,19 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 def row_keys(codes: np.ndarray, ksub: int) -> np.ndarray:
-    """One uint64 per row, equal only for equal rows: the row's bytes when they are 8 (uint8 x 8),
-    else the code read in base ``ksub`` when ``ksub**M <= 2**64``, else a 64-bit hash of the row's
-    bytes, 8 at a time (two different rows share one with probability ~2^-64)."""
+    """One uint64 per row, equal only for equal rows, with well-mixed bits: a bijective mix of the
+    row's bytes when they are 8 (uint8 x 8) or of the code read in base ``ksub`` when
+    ``ksub**M <= 2**64`` (both exact), else a 64-bit hash of the row's bytes, 8 at a time (two
+    different rows share one with probability ~2^-64)."""
     n, M = codes.shape
     if M * codes.itemsize == 8:
-        return np.ascontiguousarray(codes).view(np.uint64).reshape(n)
+        return _mix64(np.ascontiguousarray(codes).view(np.uint64).reshape(n).copy())
     if _exact(ksub, M):
         key = np.zeros(n, dtype=np.uint64)
         for k in range(M):
             key *= np.uint64(ksub)
             key += codes[:, k].astype(np.uint64)
-        return key
+        return _mix64(key)
     raw = np.ascontiguousarray(codes).view(np.uint8).reshape(n, -1)
     if raw.shape[1] % 8:
         raw = np.concatenate([raw, np.zeros((n, -raw.shape[1] % 8), dtype=np.uint8)], axis=1)
@@ -80,30 +81,20 @@ def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def _contains_filtered(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """:func:`_contains` for far more needles than keys: a bitmap of the keys' hashes (16 MB, held
-    in cache) passes on ~1 needle in 16 to the binary search."""
-    bits = 24
-    table = np.zeros(1 << bits, dtype=bool)
-    table[_mix64(sorted_keys.copy()) >> np.uint64(64 - bits)] = True
-    candidates = np.flatnonzero(table[_mix64(keys.copy()) >> np.uint64(64 - bits)])
+    """:func:`_contains` for far more needles than keys: a bitmap of the keys' top bits (16 MB, held
+    in cache; :func:`row_keys` mixes them) passes on ~1 needle in 16 to the binary search."""
+    shift = np.uint64(64 - 24)
+    table = np.zeros(1 << 24, dtype=bool)
+    table[sorted_keys >> shift] = True
+    candidates = np.flatnonzero(table[keys >> shift])
     found = np.zeros(len(keys), dtype=bool)
     found[candidates] = _contains(sorted_keys, keys[candidates])
     return found
 
 
-def _contains_many(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """:func:`_contains` for many needles: searched in sorted order (numpy's binary search narrows
-    from the previous needle, which at 10^7 keys makes it several times faster than in row order)."""
-    order = np.argsort(keys)
-    found = np.empty(len(keys), dtype=bool)
-    found[order] = _contains(sorted_keys, keys[order])
-    return found
-
-
-def _merge_sorted(sorted_keys: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """``sorted_keys`` with ``new`` (not in it) added, still sorted: one insert, no re-sort."""
-    new = np.sort(new)
-    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
+def _merge_sorted(sorted_keys: np.ndarray, new_sorted: np.ndarray) -> np.ndarray:
+    """Two sorted key arrays merged (one insert, no re-sort)."""
+    return np.insert(sorted_keys, np.searchsorted(sorted_keys, new_sorted), new_sorted)
 
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:
@@ -111,6 +102,22 @@ def _first_occurrences(keys: np.ndarray) -> np.ndarray:
     first = np.zeros(len(keys), dtype=bool)
     first[np.unique(keys, return_index=True)[1]] = True
     return first
+
+
+def _free_first_claims(keys: np.ndarray, valid: np.ndarray, used: np.ndarray, taken: np.ndarray) -> tuple:
+    """Which proposals get their code: ``valid``, not in the sorted ``used`` or ``taken``, and the
+    first valid proposal of its key. One stable sort of the proposals serves all three tests (the
+    binary searches run on sorted needles, several times faster at 10^7 keys). Returns the mask
+    and the claimed keys, sorted."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    free = valid[order] & ~_contains(used, ordered) & ~_contains(taken, ordered)
+    at = np.flatnonzero(free)
+    first = np.concatenate(([True], ordered[at[1:]] != ordered[at[:-1]])) if len(at) else np.zeros(0, dtype=bool)
+    at = at[first]
+    won = np.zeros(len(keys), dtype=bool)
+    won[order[at]] = True
+    return won, ordered[at]
 
 
 def _group_starts(groups: np.ndarray) -> np.ndarray:
@@ -145,14 +152,10 @@ def _move_to_neighbours(codes: np.ndarray, movers: np.ndarray, groups: np.ndarra
         candidate = codes[rows]
         ok = (value >= 0) & (value < ksub)
         candidate[np.arange(len(rows)), split] = np.where(ok, value, 0)
-        keys = row_keys(candidate, ksub)
-        ok &= ~_contains_many(used, keys)
-        if taken.size:
-            ok &= ~_contains_many(taken, keys)
-        free = np.flatnonzero(ok)
-        ok[free[~_first_occurrences(keys[free])]] = False  # two groups proposing one code: first wins
+        # two groups proposing one free code: the first wins
+        ok, claimed = _free_first_claims(row_keys(candidate, ksub), ok, used, taken)
         codes[rows[ok]] = candidate[ok]
-        taken = _merge_sorted(taken, keys[ok])
+        taken = _merge_sorted(taken, claimed)
         # The failed movers of a group propose the candidates after the last one the group tried.
         last_tried = np.zeros(n_groups, dtype=np.int64)
         np.maximum.at(last_tried, groups[pending], proposal)
@@ -181,7 +184,7 @@ def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.nda
         keys = row_keys(draw, ksub)
         free = ~_contains(used, keys) & ~_contains(taken, keys) & _first_occurrences(keys)
         codes[rows[free]] = draw[free]
-        taken = _merge_sorted(taken, keys[free])
+        taken = _merge_sorted(taken, np.sort(keys[free]))
         rows = rows[~free]
         if not len(rows):
             break

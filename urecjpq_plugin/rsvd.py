@@ -19,10 +19,13 @@ try:  # scipy's sparse x dense kernels, which write into a given output (X @ D a
 except ImportError:  # pragma: no cover - a private module; without it the products allocate
     _sparsetools = None
 
-# Power iterations: RecJPQ's (sklearn TruncatedSVD's default). On ml-100k and ML latest-small,
-# singular values from 5 iterations are within 0.1 % of the exact ones on average, from 3 within 0.5 %.
-N_ITER = 5
-OVERSAMPLE = 10
+# Power iterations and oversampling. RecJPQ used sklearn's TruncatedSVD defaults (5 and 10); at the
+# same cost in sparse-product columns, 6 and 6 agree better with the exact SVD (16 components, 16
+# seeds: IDs in the same of 256 bins as the exact SVD's, users / items, ml-100k 0.587 / 0.622
+# against 0.565 / 0.610, ML latest-small 0.557 / 0.607 against 0.533 / 0.599), in narrower blocks
+# (less memory, cheaper orthonormalisation).
+N_ITER = 6
+OVERSAMPLE = 6
 _GRAM_ROWS = 1 << 16  # rows per block of the float64-accumulated Gram sums
 _MATMUL_ROWS = 1 << 14  # rows per block of in-place Y @ R (a block and its product stay in cache)
 _SKETCH_ROWS = 1 << 20  # rows per block of the CountSketch (bounds its per-nonzero temporaries)
@@ -152,8 +155,8 @@ def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, over
     Time goes to the ``2 * n_iter + 1`` sparse products with ``width = k + oversample`` columns
     (plus a CountSketch to start) and ``n_iter + 2`` Cholesky-QR passes; memory to two float32
     iterates ``[n_rows, width]`` and ``[n_cols, width]``, then ``U`` and ``Vt`` themselves.
-    Returns ``U [n_rows, k]``, ``s [k]``, ``Vt [k, n_cols]`` (a transposed view), signs fixed so
-    each row of ``Vt`` sums to >= 0.
+    Returns ``U [n_rows, k]`` (Fortran order), ``s [k]``, ``Vt [k, n_cols]``, signs fixed so each
+    row of ``Vt`` sums to >= 0.
     """
     X = sp.csr_matrix(X, dtype=np.float32)
     n_rows, n_cols = X.shape
@@ -178,11 +181,13 @@ def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, over
     order = np.argsort(evals)[::-1][:k]
     s = np.sqrt(np.maximum(evals[order], 0.0))
     Ub = Ub[:, order]
-    V = Bt @ (Ub / np.maximum(s, 1e-30)).astype(np.float32)  # [n_cols, k]
+    # Both factors computed transposed ([k, N], C order): each component is then one contiguous
+    # column of the returned U (Fortran order) and one row of Vt, as the per-component binning reads them.
+    Vt = (Ub / np.maximum(s, 1e-30)).T.astype(np.float32) @ Bt.T
     del Bt, Z
-    U = Q @ Ub.astype(np.float32)
+    Ut = Ub.T.astype(np.float32) @ Q.T
     del Q
-    signs = np.sign(V.sum(axis=0, dtype=np.float64) + 1e-30).astype(np.float32)
-    U *= signs
-    V *= signs
-    return U, s, V.T
+    signs = np.sign(Vt.sum(axis=1, dtype=np.float64) + 1e-30).astype(np.float32)[:, None]
+    Ut *= signs
+    Vt *= signs
+    return Ut.T, s, Vt
