@@ -2,10 +2,11 @@
 
     python benchmarks/bench_codes.py [--sizes 1e6,1e7] [--M 16] [--ksub 256] [--threads 1]
 
-Per size (users = items, bench-scale's generator and interactions per user), one process each: the
-CPU seconds of the randomised SVD's sparse products, its orthonormalisations and final
-small SVD, the quantile binning and the distinct-code repair, and the peak RSS over the whole
-assignment. CPU seconds stay meaningful on a machine shared with other jobs (with --threads 1).
+Per size (users = items, bench-scale's generator and interactions per user), one process each
+with torch and BLAS on --threads threads: the CPU seconds of the randomised SVD's sparse products
+(the CountSketch that starts it, then X @ D and X.T @ D), its orthonormalisations, the quantile
+binning and the distinct-code repair, and the peak RSS over the whole assignment. CPU seconds
+stay meaningful on a machine shared with other jobs (with --threads 1).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import resource
 import subprocess
@@ -85,7 +87,9 @@ def main() -> None:
     for size in sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--M", str(args.M), "--ksub", str(args.ksub),
                "--threads", str(args.threads)]
-        r = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+        # BLAS (numpy's Gram and Cholesky passes) gets the same thread count as torch
+        env = dict(os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        r = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout.splitlines()[-1])
         stages = " | ".join(f"{r['stages_s'][s]:.1f}" for s in STAGES.values())
         print(f"| {size:.0e} | {r['nnz']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {stages} | "
               f"{r['peak_rss_gib']:.2f} GiB | {r['distinct'][0]:.4f} / {r['distinct'][1]:.4f} |", flush=True)
