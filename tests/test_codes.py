@@ -268,3 +268,38 @@ def test_repair_of_large_groups_keeps_one_split_moves_and_draws_its_own_stream()
     # nearest first: every in-range distance-1 neighbour is taken (none was in use)
     distance = np.abs(changed[one_split]).max(axis=1)
     assert (distance == 1).sum() == int((codes[0] > 0).sum() + (codes[0] < 255).sum())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sparse_products_match_scipy(weighted):
+    from urecjpq_plugin.rsvd import SparseProducts
+
+    rng = np.random.default_rng(0)
+    X = sp.random(500, 300, density=0.03, format="lil", random_state=1, dtype=np.float32,
+                  data_rvs=(lambda n: rng.random(n) * 4 + 0.5) if weighted else np.ones)
+    X[7] = 0  # an empty row and column
+    X[:, 11] = 0
+    X = X.tocsr()
+    X.eliminate_zeros()
+    products = SparseProducts(X)
+    assert products.ones is not weighted
+    D, E = rng.random((300, 9), dtype=np.float32), rng.random((500, 9), dtype=np.float32)
+    assert np.allclose(products.times(D), X @ D, rtol=1e-5, atol=1e-5)
+    assert np.allclose(products.t_times(E), X.T @ E, rtol=1e-5, atol=1e-5)
+    assert not products.times(D)[7].any() and not products.t_times(E)[11].any()
+
+
+def test_randomized_svd_of_weighted_interactions():
+    # Ratings 1-5 on a rank-3 preference pattern, 30 % observed: singular values 288, 127, 97, then
+    # 69 -- separated, so the randomised SVD must match the exact one closely.
+    rng = np.random.default_rng(2)
+    prefs = (rng.standard_normal((400, 3)) * [6, 4, 2]) @ rng.standard_normal((3, 250))
+    observed = rng.random((400, 250)) < 0.3
+    X = sp.csr_matrix(np.where(observed, np.clip(np.round(prefs + 3), 1, 5), 0.0))
+    u, s_exact, vt = np.linalg.svd(X.toarray())
+    for seed in range(3):
+        U, s, Vt = randomized_svd(X, 3, seed=seed)
+        assert np.allclose(s, s_exact[:3], rtol=1e-5)
+        assert np.allclose(U.T @ U, np.eye(3), atol=1e-4) and np.allclose(Vt @ Vt.T, np.eye(3), atol=1e-4)
+        exact = (u[:, :3] * s_exact[:3]) @ vt[:3]
+        assert np.linalg.norm((U * s) @ Vt - exact) < 1e-3 * np.linalg.norm(exact)

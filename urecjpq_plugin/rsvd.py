@@ -94,9 +94,9 @@ class SparseProducts:
 
     def __init__(self, X: sp.csr_matrix):
         self.X = X
-        weighted = not (X.nnz == 0 or (X.data.min() == 1.0 and X.data.max() == 1.0))
-        self._rows = _Bags(X, weighted)
-        self._cols = _Bags(transpose_csr(X), weighted)
+        self.ones = X.nnz == 0 or (X.data.min() == 1.0 and X.data.max() == 1.0)  # 0/1 interactions
+        self._rows = _Bags(X, weighted=not self.ones)
+        self._cols = _Bags(transpose_csr(X), weighted=not self.ones)
 
     def times(self, D: np.ndarray) -> np.ndarray:
         return self._rows.sum_rows(D)
@@ -119,20 +119,18 @@ class SparseProducts:
                               shape=(X.shape[1], width))
             out[...] = (X @ S).toarray()
             return out
-        ones = X.nnz == 0 or (X.data.min() == 1.0 and X.data.max() == 1.0)
         out[...] = 0.0
         for a in range(0, X.shape[0], _SKETCH_ROWS):
             b = min(a + _SKETCH_ROWS, X.shape[0])
             s, e = X.indptr[a], X.indptr[b]
             picked = signed[X.indices[s:e]]
             values = np.sign(picked).astype(np.float32)
-            if not ones:
+            if not self.ones:
                 values *= X.data[s:e]
             # X's rows with their column indices replaced by the targets: densifying sums them up
             _sparsetools.csr_todense(b - a, width, X.indptr[a : b + 1] - s, np.abs(picked).astype(X.indptr.dtype) - 1,
                                      values, out[a:b].reshape(-1))
         return out
-
 
 
 def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, oversample: int = OVERSAMPLE):
