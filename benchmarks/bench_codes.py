@@ -4,7 +4,7 @@
 
 Per size (users = items, bench-scale's generator and interactions per user), one process each
 with torch and BLAS on --threads threads: the CPU seconds of the randomised SVD's sparse products
-(the CountSketch that starts it, X.T as CSR, then X @ D and X.T @ D), its orthonormalisations, the quantile
+(X.T as CSR, then X @ D and X.T @ D), its orthonormalisations, the quantile
 binning and the distinct-code repair, and the peak RSS over the whole assignment. CPU seconds
 stay meaningful on a machine shared with other jobs (with --threads 1).
 """
@@ -24,7 +24,6 @@ import time
 STAGES = {  # cProfile function name -> stage
     "times": "sparse X @ D",
     "t_times": "sparse X.T @ D",
-    "sketch": "CountSketch X @ S",
     "transpose_csr": "X.T as CSR",
     "orthonormalize": "orthonormalise (Cholesky-QR)",
     "quantile_bin": "quantile binning",

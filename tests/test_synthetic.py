@@ -72,12 +72,12 @@ def test_bad_parameters_are_one_line_errors(kwargs, word):
 
 
 def test_svd_codes_do_not_depend_on_the_chunk_size(monkeypatch):
-    """The SVD sketches, multiplies and sums in row blocks (memory at 10^7 IDs); blocks must not change codes."""
+    """The SVD draws, multiplies and sums in row blocks (memory at 10^7 IDs); blocks must not change codes."""
     from urecjpq_plugin import codes, rsvd
 
     X = generate(3000, 2000, per_user=8, n_clusters=16, seed=1).train_csr()
     whole = codes.svd_codes(X, 8, 256, 0)
-    for name, rows in (("_GRAM_ROWS", 700), ("_MATMUL_ROWS", 300), ("_SKETCH_ROWS", 500)):
+    for name, rows in (("_GRAM_ROWS", 700), ("_MATMUL_ROWS", 300), ("_DRAW_ROWS", 500)):
         monkeypatch.setattr(rsvd, name, rows)
     for ref, chunked in zip(whole, codes.svd_codes(X, 8, 256, 0)):
         assert ref.dtype == chunked.dtype and ref.shape == chunked.shape

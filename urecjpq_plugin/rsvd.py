@@ -1,9 +1,8 @@
 """Truncated SVD of a sparse matrix by randomised subspace iteration (Halko, Martinsson & Tropp 2011).
 
 Built for 10^7 x 10^7 interaction matrices on one CPU thread in a few GiB: the sparse products run
-as ``embedding_bag`` sums (:class:`SparseProducts`), the dense iterates are float32 and
-orthonormalised in place, one side per power step, and the first product is a CountSketch (one
-signed add per nonzero instead of ``width`` multiply-adds).
+as ``embedding_bag`` sums (:class:`SparseProducts`), and the dense iterates are float32,
+orthonormalised in place, one side per power step.
 """
 
 from __future__ import annotations
@@ -13,21 +12,14 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-try:  # scipy's CSR-to-dense kernel, writing into a given output (the CountSketch sums through it)
-    from scipy.sparse import _sparsetools
-except ImportError:  # pragma: no cover - a private module; without it the sketch multiplies
-    _sparsetools = None
-
-# Power iterations and oversampling. RecJPQ used sklearn's TruncatedSVD defaults (5 and 10); at the
-# same cost in sparse-product columns, 6 and 6 agree better with the exact SVD (16 components, 16
-# seeds: IDs in the same of 256 bins as the exact SVD's, users / items, ml-100k 0.587 / 0.622
-# against 0.565 / 0.610, ML latest-small 0.557 / 0.607 against 0.533 / 0.599), in narrower blocks
-# (less memory, cheaper orthonormalisation).
-N_ITER = 6
-OVERSAMPLE = 6
+# Power iterations and oversampling: RecJPQ's (sklearn TruncatedSVD's defaults). 6 and 6 (the same
+# product columns) agreed better with the exact SVD on ml-100k, yet BPR trained on its codes
+# scored lower over 6 seeds (recall@20 -2.3 % against -0.1 % vs uncompressed); not taken.
+N_ITER = 5
+OVERSAMPLE = 10
 _GRAM_ROWS = 1 << 16  # rows per block of the float64-accumulated Gram sums
 _MATMUL_ROWS = 1 << 14  # rows per block of in-place Y @ R (a block and its product stay in cache)
-_SKETCH_ROWS = 1 << 20  # rows per block of the CountSketch (bounds its per-nonzero temporaries)
+_DRAW_ROWS = 1 << 20  # rows per block of the random test matrix's draws
 
 
 def _gram(Y: np.ndarray) -> np.ndarray:
@@ -62,6 +54,16 @@ def orthonormalize(Y: np.ndarray, passes: int = 2) -> np.ndarray:
     return Y
 
 
+def _uniform_float32(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+    """Uniform draws in [-1, 1), ``[rows, width]`` float32, in blocks (the range finder's test
+    matrix: any zero-mean i.i.d. draws work; uniform ones are ~3x cheaper than Gaussian)."""
+    out = np.empty((rows, width), dtype=np.float32)
+    for start in range(0, rows, _DRAW_ROWS):
+        block = rng.random((min(start + _DRAW_ROWS, rows) - start, width), dtype=np.float32)
+        out[start : start + len(block)] = 2.0 * block - 1.0
+    return out
+
+
 def transpose_csr(X: sp.csr_matrix) -> sp.csr_matrix:
     """``X.T`` in CSR (one counting pass, scipy's)."""
     return X.T.tocsr()
@@ -93,7 +95,6 @@ class SparseProducts:
     """
 
     def __init__(self, X: sp.csr_matrix):
-        self.X = X
         self.ones = X.nnz == 0 or (X.data.min() == 1.0 and X.data.max() == 1.0)  # 0/1 interactions
         self._rows = _Bags(X, weighted=not self.ones)
         self._cols = _Bags(transpose_csr(X), weighted=not self.ones)
@@ -104,40 +105,12 @@ class SparseProducts:
     def t_times(self, D: np.ndarray) -> np.ndarray:
         return self._cols.sum_rows(D)
 
-    def sketch(self, width: int, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
-        """``X @ S`` for a CountSketch ``S [n_cols, width]``: each column of ``X`` added, with a random
-        sign, to one random column of ``out`` (a subspace embedding like a dense random matrix, at
-        one add per nonzero instead of ``width``; Clarkson & Woodruff 2013)."""
-        X = self.X
-        # target + 1 with the sign, in one small table (int8 for width < 128: 10 MB at 10^7 columns,
-        # cache-resident, gathered once per nonzero)
-        small = np.int8 if width < 127 else np.int16 if width < 32767 else np.int64
-        signed = rng.integers(1, width + 1, size=X.shape[1]).astype(small)
-        signed[rng.random(X.shape[1]) < 0.5] *= -1
-        if _sparsetools is None:
-            S = sp.csr_matrix((np.sign(signed).astype(np.float32), np.abs(signed) - 1, np.arange(X.shape[1] + 1)),
-                              shape=(X.shape[1], width))
-            out[...] = (X @ S).toarray()
-            return out
-        out[...] = 0.0
-        for a in range(0, X.shape[0], _SKETCH_ROWS):
-            b = min(a + _SKETCH_ROWS, X.shape[0])
-            s, e = X.indptr[a], X.indptr[b]
-            picked = signed[X.indices[s:e]]
-            values = np.sign(picked).astype(np.float32)
-            if not self.ones:
-                values *= X.data[s:e]
-            # X's rows with their column indices replaced by the targets: densifying sums them up
-            _sparsetools.csr_todense(b - a, width, X.indptr[a : b + 1] - s, np.abs(picked).astype(X.indptr.dtype) - 1,
-                                     values, out[a:b].reshape(-1))
-        return out
-
 
 def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, oversample: int = OVERSAMPLE):
     """Top-``k`` SVD ``X ~ U diag(s) Vt`` by randomised subspace iteration; never densifies ``X``.
 
-    Time goes to the ``2 * n_iter + 1`` sparse products with ``width = k + oversample`` columns
-    (plus a CountSketch to start) and ``n_iter + 2`` Cholesky-QR passes; memory to two float32
+    Time goes to the ``2 * n_iter + 2`` sparse products with ``width = k + oversample`` columns
+    and ``n_iter + 2`` Cholesky-QR passes; memory to two float32
     iterates ``[n_rows, width]`` and ``[n_cols, width]``, then ``U`` and ``Vt`` themselves.
     Returns ``U [n_rows, k]`` (Fortran order), ``s [k]``, ``Vt [k, n_cols]``, signs fixed so each
     row of ``Vt`` sums to >= 0.
@@ -147,7 +120,7 @@ def randomized_svd(X: sp.spmatrix, k: int, seed: int, n_iter: int = N_ITER, over
     width = min(k + oversample, min(n_rows, n_cols))
     rng = np.random.default_rng(seed)
     products = SparseProducts(X)
-    Y = products.sketch(width, rng, np.empty((n_rows, width), dtype=np.float32))
+    Y = products.times(_uniform_float32(rng, n_cols, width))
     for _ in range(n_iter):
         # Orthonormalising one side per step is enough: Z = X.T @ Y has condition ~(s_1/s_width)^2,
         # well within Cholesky-QR's reach with a float64 Gram; Y = X @ Z then has ~s_1/s_width.
