@@ -97,13 +97,6 @@ def _merge_sorted(sorted_keys: np.ndarray, new_sorted: np.ndarray) -> np.ndarray
     return np.insert(sorted_keys, np.searchsorted(sorted_keys, new_sorted), new_sorted)
 
 
-def _first_occurrences(keys: np.ndarray) -> np.ndarray:
-    """Mask of the first occurrence of each value of ``keys``."""
-    first = np.zeros(len(keys), dtype=bool)
-    first[np.unique(keys, return_index=True)[1]] = True
-    return first
-
-
 def _free_first_claims(keys: np.ndarray, valid: np.ndarray, used: np.ndarray, taken: np.ndarray) -> tuple:
     """Which proposals get their code: ``valid``, not in the sorted ``used`` or ``taken``, and the
     first valid proposal of its key. One stable sort of the proposals serves all three tests (the
@@ -182,9 +175,9 @@ def _place_anywhere(codes: np.ndarray, rows: np.ndarray, ksub: int, used: np.nda
     for _ in range(64):  # the space is mostly empty: nearly every draw is free
         draw = rng.integers(0, ksub, size=(len(rows), M)).astype(codes.dtype)
         keys = row_keys(draw, ksub)
-        free = ~_contains(used, keys) & ~_contains(taken, keys) & _first_occurrences(keys)
+        free, claimed = _free_first_claims(keys, np.ones(len(keys), dtype=bool), used, taken)
         codes[rows[free]] = draw[free]
-        taken = _merge_sorted(taken, np.sort(keys[free]))
+        taken = _merge_sorted(taken, claimed)
         rows = rows[~free]
         if not len(rows):
             break
