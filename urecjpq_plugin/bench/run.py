@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra host config for every run (repeatable), e.g. --set learning_rate=0.002 "
                    f"(recbole defaults: {DEFAULT_SET['recbole']})")
+    p.add_argument("--data-path", default=None,
+                   help="folder holding <dataset>/ (RecBole atomic files, or MMRec's pre-split <dataset>.inter, "
+                   "whose own train/valid/test split is kept)")
     p.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
     p.add_argument("--mmrec-src", default=None, help="MMRec checkout (its src/ folder), for --host mmrec")
     p.add_argument("--python", default=None, help="interpreter for the runs (default: this one)")
@@ -126,6 +129,8 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         if value is not None and value < 1:
             raise JPQConfigError(f"{flag} {value} is invalid; it must be 1 or more")
     budget.update(_set_pairs(args.set))
+    if args.data_path:
+        budget["data_path"] = str(Path(args.data_path).expanduser().resolve())
     settings = {"host": args.host, "dataset": dataset, "budget": args.budget, "set": budget, "threads": args.threads}
     grid = []
     for M, ksub, code, targets in itertools.product(
@@ -138,16 +143,28 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     if args.host == "recbole":
         _check_recbole(models, dataset, budget, grid)
     options = {"mmrec_src": args.mmrec_src} if args.host == "mmrec" else {}
+    data = _presplit(args.host, dataset, budget.get("data_path"), Path(args.out).expanduser())
     specs = []
     for seed in seeds:
         for model in models:
-            specs.append(_spec(args.host, model, dataset, {**budget, "seed": seed, "jpq": False}, options, None, seed))
+            specs.append(_spec(args.host, model, dataset, {**budget, **data, "seed": seed, "jpq": False}, options,
+                               None, seed))
             for cfg in grid:
                 jpq = {"M": cfg.M, "ksub": cfg.ksub, "code_assign": cfg.code_assign, "targets": list(cfg.targets)}
-                over = {**budget, "seed": seed, "jpq": True, "jpq_M": cfg.M, "jpq_ksub": cfg.ksub,
+                over = {**budget, **data, "seed": seed, "jpq": True, "jpq_M": cfg.M, "jpq_ksub": cfg.ksub,
                         "jpq_code_assign": cfg.code_assign, "jpq_targets": list(cfg.targets)}
                 specs.append(_spec(args.host, model, dataset, over, options, jpq, seed))
     return settings, specs
+
+
+def _presplit(host: str, dataset: str, data_path: str | None, out: Path) -> dict:
+    """RecBole on an MMRec-format dataset reads a copy under ``<out>/data`` that keeps the file's split
+    (written by :func:`main` once the folder is checked)."""
+    from ..data.presplit import mmrec_inter_file, presplit_overrides
+
+    if host != "recbole" or not mmrec_inter_file(dataset, data_path):
+        return {}
+    return presplit_overrides((out / "data").resolve())
 
 
 def _check_recbole(models: list[str], dataset: str, budget: dict, grid: list[JPQConfig]) -> None:
@@ -197,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = sorted({s["seed"] for s in specs})
     out = Path(args.out).expanduser()
     runs = open_folder(out, settings)
+    if "benchmark_filename" in specs[0]["overrides"]:
+        from ..data.presplit import recbole_presplit
+
+        recbole_presplit(settings["dataset"], settings["set"]["data_path"], cache=out / "data")
     done = {s["run_id"] for s in specs if (load_run(runs, s["run_id"]) or {}).get("status") == "ok"}
     todo = [s for s in specs if s["run_id"] not in done]
     print(f"urecjpq bench: {len(specs)} runs in {out}/ ({len(done)} already finished, {len(todo)} to run)",

@@ -69,6 +69,10 @@ def build_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> tup
         if shipped:
             config_dict["data_path"] = data_path = shipped
     check_dataset(args.dataset, data_path)
+    from ..data.presplit import mmrec_inter_file, recbole_presplit
+
+    if mmrec_inter_file(args.dataset, data_path):  # MMRec's pre-split format: keep the file's split
+        config_dict.update(recbole_presplit(args.dataset, data_path))
     # Check the JPQ options before RecBole writes logs or checkpoints.
     merged = {**from_files, **given}
     if jpq_enabled(merged):
@@ -92,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     try:
         files, config_dict = build_config_dict(args, overrides)
+        if "benchmark_filename" in config_dict:  # RecBole's command line would override the converted copy
+            overrides = [a for a in overrides if not a.startswith("--data_path=")]
         sys.argv = [sys.argv[0], *overrides]
         from .recbole import activate, run
 
