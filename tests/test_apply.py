@@ -166,7 +166,7 @@ def test_unload_keeps_padding_idx_options_and_trainability():
 def test_svd_codes_come_from_interactions_and_given_codes_are_used_as_is():
     rng = np.random.default_rng(0)
     inter = sp.csr_matrix((rng.random((N_USERS, N_ITEMS)) < 0.2).astype(np.float32))
-    config = JPQConfig(M=4, ksub=8)
+    config = JPQConfig(M=4, ksub=8, code_assign="svd")
     model = TinyBPR()
     with pytest.raises(JPQConfigError, match="jpq_code_assign='svd' needs interactions="):
         apply_jpq(model, config, COUNTS)

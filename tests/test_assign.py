@@ -24,7 +24,7 @@ def block_matrix(n_users=400, n_items=300, blocks=6, seed=0):
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
 
 
-@pytest.mark.parametrize("how", ["svd", "random"])
+@pytest.mark.parametrize("how", ["auto", "svd_pq", "svd", "random"])
 def test_every_assignment_gives_distinct_deterministic_codes(how):
     # (an svd_proj assignment -- every split a random mix of the top 32 singular directions -- was
     # tried and dropped: ml-100k BPR, M=16, 3 seeds, recall@20 -15.6 % against svd's +1.0 %)
@@ -35,6 +35,25 @@ def test_every_assignment_gives_distinct_deterministic_codes(how):
         assert a[entity].shape == (n, 8) and a[entity].dtype == torch.uint8
         assert torch.equal(a[entity], b[entity])
         assert distinct_code_fraction(a[entity]) == 1.0
+
+
+def test_auto_takes_svd_pq_on_sparse_and_svd_on_dense_interactions(caplog):
+    import logging
+
+    from urecjpq_plugin.assign import SPARSE_DEGREE, resolve_auto
+
+    dense = block_matrix()  # 15 interactions per user: 2 * 6000 / 700 = 17.1 per ID
+    assert 2 * dense.nnz / sum(dense.shape) < SPARSE_DEGREE and resolve_auto(dense) == "svd_pq"
+    rng = np.random.default_rng(0)
+    denser = sp.csr_matrix((rng.random((400, 300)) < 0.2).astype(np.float32))  # ~69 per ID
+    assert resolve_auto(denser) == "svd"
+    cfg = JPQConfig(M=8, ksub=32, code_assign="auto", seed=3)
+    with caplog.at_level(logging.INFO, logger="urecjpq_plugin"):
+        for X, how in ((dense, "svd_pq"), (denser, "svd")):
+            got = assign_codes(cfg, X)
+            want = assign_codes(JPQConfig(M=8, ksub=32, code_assign=how, seed=3), X)
+            assert all(torch.equal(got[e], want[e]) for e in ("user", "item"))
+    assert "jpq_code_assign=auto -> svd_pq" in caplog.text and "jpq_code_assign=auto -> svd" in caplog.text
 
 
 def test_features_need_features_and_interactions_are_needed():

@@ -51,8 +51,8 @@ def test_outputs_present_and_consistent(bench):
     out = bench["out"]
     assert bench["rc"] == 0
     records = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert set(records) == {"BPR-base-s2020", "BPR-jpq-Mauto-k16-svd-user+item-s2020", "LightGCN-base-s2020",
-                            "LightGCN-jpq-Mauto-k16-svd-user+item-s2020"}
+    assert set(records) == {"BPR-base-s2020", "BPR-jpq-Mauto-k16-auto-user+item-s2020", "LightGCN-base-s2020",
+                            "LightGCN-jpq-Mauto-k16-auto-user+item-s2020"}
     for rid, rec in records.items():
         assert rec["status"] == "ok", rec.get("error")
         assert rec["epochs"] == 1 and rec["seconds_per_epoch"] > 0
@@ -63,10 +63,10 @@ def test_outputs_present_and_consistent(bench):
     rows = {r["run_id"]: r for r in _rows(out)}
     assert set(rows) == set(records)
     for model in MODELS.split(","):
-        base, jpq = records[f"{model}-base-s2020"], records[f"{model}-jpq-Mauto-k16-svd-user+item-s2020"]
+        base, jpq = records[f"{model}-base-s2020"], records[f"{model}-jpq-Mauto-k16-auto-user+item-s2020"]
         assert jpq["params"]["id_tables"] == 2 * 16 * 64  # ksub * d per table
         assert base["params"]["id_tables"] == (61 + 51) * 64  # RecBole adds a padding row
-        row = rows[f"{model}-jpq-Mauto-k16-svd-user+item-s2020"]
+        row = rows[f"{model}-jpq-Mauto-k16-auto-user+item-s2020"]
         expect = (jpq["metrics"]["recall@20"] - base["metrics"]["recall@20"]) / base["metrics"]["recall@20"]
         assert float(row["rel_recall@20"]) == pytest.approx(expect)
         assert float(row["rel_params_id_tables"]) == pytest.approx(
@@ -81,7 +81,7 @@ def test_outputs_present_and_consistent(bench):
 def test_resume_reruns_only_what_is_missing(bench):
     out, data = bench["out"], bench["data"]
     runs = out / "runs"
-    interrupted = runs / "LightGCN-jpq-Mauto-k16-svd-user+item-s2020.json"
+    interrupted = runs / "LightGCN-jpq-Mauto-k16-auto-user+item-s2020.json"
     interrupted.unlink()  # as if the bench was stopped during this run
     kept = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     assert run.main(_args(data, out, "--models", MODELS)) == 0
@@ -118,15 +118,15 @@ def test_plan_sweeps_every_combination():
     args = run.parse_args(["--models", "BPR,NGCF", "--M", "4,8", "--ksub", "16,256", "--targets", "user+item,item"])
     settings, specs = run.plan(args)
     assert len(specs) == 2 * (1 + 2 * 2 * 2)
-    assert {s["run_id"] for s in specs} >= {"NGCF-base-s2020", "BPR-jpq-M4-k16-svd-item-s2020",
-                                            "NGCF-jpq-M8-k16-svd-user+item-s2020"}
+    assert {s["run_id"] for s in specs} >= {"NGCF-base-s2020", "BPR-jpq-M4-k16-auto-item-s2020",
+                                            "NGCF-jpq-M8-k16-auto-user+item-s2020"}
     assert all(s["overrides"]["epochs"] == settings["set"]["epochs"] == 30 for s in specs)
 
 
 def test_plan_runs_every_cell_once_per_seed():
     _, specs = run.plan(run.parse_args(["--models", "BPR", "--seeds", "1,2,3"]))
     assert sorted(s["run_id"] for s in specs) == sorted(
-        f"BPR-{v}-s{seed}" for seed in (1, 2, 3) for v in ("base", "jpq-Mauto-k256-svd-user+item"))
+        f"BPR-{v}-s{seed}" for seed in (1, 2, 3) for v in ("base", "jpq-Mauto-k256-auto-user+item"))
     assert {s["overrides"]["seed"] for s in specs} == {1, 2, 3}
 
 

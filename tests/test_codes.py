@@ -13,6 +13,7 @@ from urecjpq_plugin.codes import (
     random_codes,
     randomized_svd,
     svd_codes,
+    svd_pq_codes,
 )
 from urecjpq_plugin.features import feature_id_codes
 
@@ -87,6 +88,51 @@ def test_svd_codes_group_items_with_similar_users():
     _, item = svd_codes(X, M=2, ksub=2, seed=0)
     lead = item[:, 0].long()
     assert (lead[:100] == lead[0]).float().mean() > 0.9 and (lead[100:] != lead[0]).float().mean() > 0.9
+
+
+def _communities(n_users=300, n_items=240, groups=3, per_user=12, seed=0):
+    rng = np.random.default_rng(seed)
+    size = n_items // groups
+    rows, cols = [], []
+    for u in range(n_users):
+        g = u % groups
+        rows += [u] * per_user
+        cols += list(rng.choice(np.arange(g * size, (g + 1) * size), size=per_user, replace=False))
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+
+
+def test_svd_pq_codes_are_product_quantised_svd_factors():
+    X = _communities()
+    user, item = svd_pq_codes(X, M=4, ksub=8, seed=1, rank=16)
+    assert user.shape == (300, 4) and item.shape == (240, 4) and user.dtype == torch.uint8
+    assert distinct_code_fraction(user) == 1.0 and distinct_code_fraction(item) == 1.0
+    again = svd_pq_codes(X, M=4, ksub=8, seed=1, rank=16)
+    assert torch.equal(user, again[0]) and torch.equal(item, again[1])
+    # The leading sub-ids follow the communities: most items of a sub-id come from one community
+    # (1/3 would be chance); RecJPQ's one-component binning mixes them more.
+    community = np.arange(240) // 80
+
+    def purity(lead):
+        return sum(np.bincount(community[lead == c]).max() for c in np.unique(lead)) / len(lead)
+
+    assert purity(item[:, 0].numpy()) > 0.75 > purity(svd_codes(X, 4, 8, 1)[1][:, 0].numpy())
+
+
+def test_svd_pq_codes_keep_rare_ids_apart_from_popular_ones():
+    # Popular items (bought by every user) and rare ones (one buyer each): on the leading split the
+    # popular items share no sub-id with the rare ones, because the split sees the factors' scale.
+    rng = np.random.default_rng(0)
+    X = sp.lil_matrix((200, 120), dtype=np.float32)
+    X[:, :20] = (rng.random((200, 20)) < 0.6).astype(np.float32)
+    for i in range(20, 120):
+        X[rng.integers(200), i] = 1
+    _, item = svd_pq_codes(X.tocsr(), M=2, ksub=8, seed=0, rank=8, distinct=False)
+    assert not set(item[:20, 0].tolist()) & set(item[20:, 0].tolist())
+
+
+def test_svd_pq_codes_fall_back_to_svd_codes_on_tiny_matrices():
+    X = interactions(3, 4, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(svd_pq_codes(X, 8, 4, 0, rank=32), svd_codes(X, 8, 4, 0)))
 
 
 def test_tiny_matrix_falls_back_to_random_for_missing_components():

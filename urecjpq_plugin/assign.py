@@ -1,17 +1,33 @@
 """One entry point for code assignment, shared by ``apply_jpq`` and both hosts.
 
 A host supplies only what it has (the training matrix, item features); the choice between
-``svd``, ``random``, ``features`` and ``features_svd`` is made here, once.
+``auto``, ``svd_pq``, ``svd``, ``random``, ``features`` and ``features_svd`` is made here, once.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
 
-from .codes import log_distinct_fractions, random_codes, svd_codes
-from .config import JPQConfig, JPQConfigError
+from .codes import log_distinct_fractions, random_codes, svd_codes, svd_pq_codes
+from .config import AUTO, DSUB_AUTO, JPQConfig, JPQConfigError
+
+logger = logging.getLogger("urecjpq_plugin")
+
+# jpq_code_assign: auto takes svd_pq below this many training interactions per ID (users and items
+# together: 2 nnz / (users + items)), svd from it on. Measured on both sides of it with BPR, 3 seeds,
+# recall@20 vs uncompressed: Amazon Baby 5-core (8.9 per ID) svd_pq -10 %, svd -19 %; ml-100k
+# (61 per ID) svd -1.5 %, svd_pq -12 %. Amazon 5-core catalogues sit at 6-12, MovieLens at 60-300.
+SPARSE_DEGREE = 20.0
+
+
+def resolve_auto(interactions: Any) -> str:
+    """``svd_pq`` for a sparse training matrix (few interactions per ID), else ``svd``."""
+    n_users, n_items = interactions.shape
+    degree = 2 * interactions.nnz / max(n_users + n_items, 1)
+    return "svd_pq" if degree < SPARSE_DEGREE else "svd"
 
 
 def assign_codes(
@@ -22,7 +38,8 @@ def assign_codes(
 
     ``interactions``: scipy users x items *training* matrix (needed by every method but ``random``);
     ``counts``: rows per entity when there is no matrix; ``item_features``: arrays ``[n_items, *]``
-    for ``features``/``features_svd``. Logs each table's distinct-code fraction.
+    for ``features``/``features_svd``. ``svd_pq`` takes the tables' width (``config.dim``, set by
+    :meth:`JPQConfig.for_dims`; else ``4 * M``) as its SVD rank. Logs each table's distinct-code fraction.
     """
     how, M, ksub, seed = config.code_assign, config.M, config.ksub, config.seed
     if not isinstance(M, int):
@@ -36,8 +53,14 @@ def assign_codes(
         raise JPQConfigError(f"jpq_code_assign={how!r} needs the training interactions (a users x items matrix); "
                              "give them, or use random")
     inter = interactions.tocsr().astype("float32")
+    if how == AUTO:
+        how = resolve_auto(inter)
+        logger.info(f"urecjpq: jpq_code_assign=auto -> {how} ({2 * inter.nnz / max(sum(inter.shape), 1):.1f} "
+                    f"training interactions per ID; svd_pq below {SPARSE_DEGREE:g})")
     if how == "svd":
         user, item = svd_codes(inter, M, ksub, seed)
+    elif how == "svd_pq":
+        user, item = svd_pq_codes(inter, M, ksub, seed, rank=config.dim or M * DSUB_AUTO)
     elif item_features is None:
         raise JPQConfigError(f"jpq_code_assign={how!r} needs multimodal item features, which {host} does not "
                              "have; use svd or random")

@@ -6,6 +6,8 @@ unsigned dtype that holds ``ksub`` values (:func:`code_dtype`).
 - :func:`random_codes`   uniform draws per split.
 - :func:`svd_codes`      RecJPQ's: truncated SVD of the user x item *training* matrix, then
                          per component quantile-binning into ``ksub`` equal-size bins.
+- :func:`svd_pq_codes`   product quantisation of a rank-``d`` truncated SVD (users ``U√s``, items
+                         ``V√s``): per split, k-means of ``d / M`` components at once.
 - :func:`feature_codes`  PCA of (normalised) side features, binned the same way.
 - :func:`kmeans_codes`   per-split k-means of given vectors (product quantisation), with centroids.
 
@@ -203,6 +205,42 @@ def svd_codes(
         make_distinct(user_codes, ksub, seed)
         make_distinct(item_codes, ksub, seed + 1)
     return torch.from_numpy(user_codes), torch.from_numpy(item_codes)
+
+
+def svd_pq_codes(
+    interactions: sp.spmatrix, M: int, ksub: int, seed: int, rank: int, distinct: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes from product quantisation of the rank-``rank`` SVD factors of the training matrix.
+
+    Users get ``U diag(√s)``, items ``V diag(√s)``, so that their dot products approximate the
+    matrix, as a trained factorisation's would; each side is then product-quantised (per split,
+    k-means of ``rank / M`` components into ``ksub`` centroids, :class:`~.pq.ProductQuantizer`).
+    With ``rank`` = the embedding size, an ID's code is that of the SVD embedding a table of this
+    width would hold. Unlike :func:`svd_codes` (one component per split, binned by rank), a split
+    sees several components jointly and keeps their scale, so IDs with few interactions (small
+    factors) share sub-ids with each other rather than with popular IDs.
+    Falls back to :func:`svd_codes` when the matrix has fewer than ``M`` useful components.
+    """
+    from .pq import ProductQuantizer
+
+    n_users, n_items = interactions.shape
+    usable = (min(rank, min(n_users, n_items) - 1) // M) * M
+    if usable < M or interactions.nnz == 0:
+        return svd_codes(interactions, M, ksub, seed, distinct)
+    U, s, Vt = randomized_svd(interactions, usable, seed)
+    root = np.sqrt(s).astype(np.float32)
+    # Consecutive components per split (split 0: the strongest rank / M). Dealing them round-robin
+    # instead (OPQ's eigenvalue allocation) scored lower on Amazon Baby (BPR recall@20 -17 % against
+    # -10 % vs uncompressed, 3 seeds), higher on ml-100k (-6 % against -12 %), where svd is better still.
+    out = []
+    for offset, factors in enumerate((U * root, Vt.T * root)):
+        vectors = torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32))
+        pq = ProductQuantizer(usable, M, ksub, seed + offset).train(vectors)
+        codes = pq.encode(vectors).numpy().astype(_numpy_dtype(ksub))
+        if distinct:
+            make_distinct(codes, ksub, seed + offset)
+        out.append(torch.from_numpy(codes))
+    return out[0], out[1]
 
 
 def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int, distinct: bool = True) -> torch.Tensor:

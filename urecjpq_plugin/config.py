@@ -6,7 +6,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq: true                 # turn compression on
     jpq_M: auto               # splits per code (auto: embedding size / 4)
     jpq_ksub: 256             # sub-ids per split
-    jpq_code_assign: svd      # svd | random | features | features_svd
+    jpq_code_assign: auto     # auto | svd_pq | svd | random | features | features_svd
     jpq_targets: [user, item] # which tables to compress (also: image, text)
 """
 
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-CODE_ASSIGNMENTS = ("svd", "random", "features", "features_svd")
+CODE_ASSIGNMENTS = ("auto", "svd_pq", "svd", "random", "features", "features_svd")
 ID_TARGETS = ("user", "item")
 FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS
@@ -75,9 +75,10 @@ class JPQConfig:
 
     M: int | str = AUTO
     ksub: int = 256
-    code_assign: str = "svd"
+    code_assign: str = AUTO
     targets: tuple[str, ...] = field(default=ID_TARGETS)
     seed: int = 2020
+    dim: int | None = None  # the tables' width, set by for_dims (svd_pq's SVD rank)
 
     def __post_init__(self) -> None:
         if isinstance(self.M, str) and self.M.strip().lower() == AUTO:
@@ -110,11 +111,13 @@ class JPQConfig:
         return tuple(t for t in self.targets if t in FEATURE_TARGETS)
 
     def for_dims(self, dims: Iterable[int]) -> JPQConfig:
-        """This config with ``M`` fixed for tables of these widths (``auto`` resolved, see :func:`auto_M`)."""
-        if self.M != AUTO:
-            return self
+        """This config for tables of these widths: ``M`` fixed (``auto`` resolved, see :func:`auto_M`) and
+        ``dim`` the narrowest width."""
         dims = [int(d) for d in dims]
-        return replace(self, M=auto_M(math.gcd(*dims)) if dims else 1)
+        dim = min(dims) if dims else self.dim
+        if self.M != AUTO:
+            return replace(self, dim=dim)
+        return replace(self, M=auto_M(math.gcd(*dims)) if dims else 1, dim=dim)
 
     def check_dim(self, dim: int, table: str = "table") -> None:
         """faiss's rule: the embedding size must split evenly into ``M`` parts."""

@@ -73,7 +73,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="dataset name (default: recbole ml-100k)")
     p.add_argument("--M", default=None, help="jpq_M values, e.g. 4,8,16,auto (default: the plugin's default jpq_M)")
     p.add_argument("--ksub", default="256", help="jpq_ksub values (default 256)")
-    p.add_argument("--code-assign", default="svd", help="jpq_code_assign values (default svd)")
+    p.add_argument("--code-assign", default=JPQConfig.code_assign,
+                   help=f"jpq_code_assign values (default {JPQConfig.code_assign})")
     p.add_argument("--targets", default="user+item", help="jpq_targets values, tables joined by + (default user+item)")
     p.add_argument("--budget", default="short", choices=BUDGETS,
                    help="short (default): the epochs/patience/--set below; host: the host's own training defaults")
