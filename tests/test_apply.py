@@ -28,10 +28,12 @@ from urecjpq_plugin import (
     unload_jpq,
 )
 from urecjpq_plugin.codes import random_codes, svd_codes
+from urecjpq_plugin.inject import jpq_modules
 
 N_USERS, N_ITEMS, D = 40, 60, 16
 COUNTS = {"user": N_USERS, "item": N_ITEMS}
-CONFIG = JPQConfig(M=4, ksub=8, code_assign="random")
+# split_dropout 0: these tests compare training-mode outputs exactly (dropout has its own tests)
+CONFIG = JPQConfig(M=4, ksub=8, code_assign="random", split_dropout=0.0)
 
 
 
@@ -253,7 +255,7 @@ def test_load_refuses_mismatches_in_one_line_and_changes_nothing(tmp_path):
 def test_load_into_a_compressed_model_copies_codes_and_sub_embeddings():
     source, target = TinyBPR(), TinyBPR()
     apply_jpq(source, CONFIG, COUNTS)
-    apply_jpq(target, JPQConfig(M=4, ksub=8, code_assign="random", seed=99), COUNTS)
+    apply_jpq(target, JPQConfig(M=4, ksub=8, code_assign="random", seed=99, split_dropout=0.0), COUNTS)
     train(source, steps=2)
     load_jpq(target, jpq_state_dict(source))
     u, i, _ = batch(2)
@@ -309,3 +311,13 @@ def test_readme_example_runs_and_round_trips(tmp_path, monkeypatch, capsys):
     model, fresh, u, i = namespace["model"], namespace["fresh"], namespace["u"], namespace["i"]
     assert isinstance(fresh.item_embedding, nn.Embedding) and isinstance(model.item_embedding, JPQEmbedding)
     torch.testing.assert_close(fresh(u, i), model(u, i), rtol=0, atol=0)
+
+
+def test_saved_state_keeps_split_dropout():
+    model = TinyBPR()
+    apply_jpq(model, JPQConfig(M=4, ksub=8, code_assign="random", split_dropout=0.25), COUNTS)
+    state = jpq_state_dict(model)
+    assert {t["split_dropout"] for t in state["tables"]} == {0.25}
+    fresh = TinyBPR()
+    load_jpq(fresh, state)
+    assert {m.split_dropout for m in jpq_modules(fresh).values()} == {0.25}

@@ -349,3 +349,15 @@ def test_randomized_svd_of_weighted_interactions():
         assert np.allclose(U.T @ U, np.eye(3), atol=1e-4) and np.allclose(Vt @ Vt.T, np.eye(3), atol=1e-4)
         exact = (u[:, :3] * s_exact[:3]) @ vt[:3]
         assert np.linalg.norm((U * s) @ Vt - exact) < 1e-3 * np.linalg.norm(exact)
+
+
+def test_svd_pq_codes_shrink_the_rank_to_the_memory_budget(monkeypatch):
+    import urecjpq_plugin.codes as codes_module
+
+    X = _communities()
+    # Room for rank 8 + oversampling only: rank 8 = 2 * M is kept ...
+    monkeypatch.setattr(codes_module, "SVD_PQ_BYTES", 8 * (300 + 240) * (8 + 10))
+    assert all(torch.equal(a, b) for a, b in zip(svd_pq_codes(X, 4, 8, 1, rank=16), svd_pq_codes(X, 4, 8, 1, rank=8)))
+    # ... and below 2 * M components it is RecJPQ's one component per split.
+    monkeypatch.setattr(codes_module, "SVD_PQ_BYTES", 8 * (300 + 240) * (7 + 10))
+    assert all(torch.equal(a, b) for a, b in zip(svd_pq_codes(X, 4, 8, 1, rank=16), svd_codes(X, 4, 8, 1)))

@@ -85,6 +85,7 @@ def test_parameter_table_reads_decoded_values_and_refuses_reassignment():
     model = ParameterModel()
     inject_jpq(model, find_id_tables(model, COUNTS, ["user", "item"]), codes_for(), JPQConfig(M=4, ksub=8))
     assert isinstance(model.u_embedding_jpq, JPQEmbedding)
+    model.eval()  # training-mode reads drop splits at random (split_dropout)
     assert torch.equal(model.u_embedding, model.u_embedding_jpq.weight)
     assert "u_embedding" not in dict(model.named_parameters())
     with pytest.raises(AttributeError, match="JPQ-compressed"):
@@ -97,6 +98,7 @@ def test_parameter_dict_entries_are_swapped_in_place():
     model = ParameterDictModel()
     keys = list(model.embedding_dict.keys())
     inject_jpq(model, find_id_tables(model, COUNTS, ["user", "item"]), codes_for(), JPQConfig(M=4, ksub=8))
+    model.eval()  # training-mode reads drop splits at random (split_dropout)
     assert torch.equal(model.embedding_dict["item_emb"], model.embedding_dict.item_emb_jpq.weight)
     assert list(model.embedding_dict.keys()) == keys
 

@@ -211,3 +211,55 @@ def test_per_step_table_is_not_used_for_small_reads_and_not_copied():
     for clone in (copy.deepcopy(emb), pickle.loads(pickle.dumps(emb))):
         assert "_step_weight" not in clone.__dict__
         assert torch.equal(clone.weight, emb.weight.detach())
+
+
+@pytest.mark.parametrize("read", ["forward", "weight"])
+def test_split_dropout_zeroes_whole_splits_in_training_only(read):
+    torch.manual_seed(0)
+    n, d, M, p = 50, 16, 4, 0.5
+    table = JPQEmbedding(random_codes(n, M, 8, 0), 8, d, split_dropout=p)
+    ids = torch.arange(n).repeat(40)
+    decoded = table.decode(table.codes)[ids].detach()
+
+    def read_rows():
+        return table(ids) if read == "forward" else table.weight[ids]
+
+    out = read_rows().detach()
+    splits, full = out.view(-1, M, d // M), decoded.view(-1, M, d // M)
+    dropped = (splits == 0).all(-1)
+    assert 0.45 < dropped.float().mean() < 0.55  # whole splits, at rate p
+    assert torch.allclose(splits[~dropped], full[~dropped] / (1 - p))  # the rest rescaled: unbiased
+    out.sum().backward() if out.requires_grad else None
+    table.eval()
+    assert torch.equal(read_rows().detach(), decoded)  # eval mode: the plain decode
+    table.train()
+    with torch.no_grad():
+        assert torch.equal(read_rows(), decoded)  # no autograd (evaluation inside a training loop): none
+
+
+def test_apply_jpq_trains_with_split_dropout_by_default_and_zero_turns_it_off():
+    from urecjpq_plugin import JPQConfig, apply_jpq
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user_embedding, self.item_embedding = nn.Embedding(40, 16), nn.Embedding(30, 16)
+
+    for dropout, differs in ((None, True), (0.0, False)):
+        model = Tiny()
+        cfg = JPQConfig(M=4, ksub=8, code_assign="random") if dropout is None else JPQConfig(
+            M=4, ksub=8, code_assign="random", split_dropout=dropout)
+        apply_jpq(model, cfg, {"user": 40, "item": 30})
+        table = model.item_embedding
+        assert table.split_dropout == (0.1 if dropout is None else 0.0)
+        torch.manual_seed(1)
+        ids = torch.arange(30).repeat(20)
+        assert (not torch.equal(table(ids), table.decode(table.codes)[ids])) == differs
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, "high", True])
+def test_bad_split_dropout_is_a_clear_error(value):
+    from urecjpq_plugin import JPQConfig
+
+    with pytest.raises(JPQConfigError, match="jpq_split_dropout="):
+        JPQConfig.from_mapping({"jpq_split_dropout": value})

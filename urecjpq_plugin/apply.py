@@ -224,7 +224,7 @@ def jpq_state_dict(model: nn.Module) -> dict:
         tables.append({
             "path": path, "entity": record.ref.entity, "kind": record.ref.kind,
             "rows": module.num_embeddings, "dim": module.embedding_dim, "M": module.M, "ksub": module.ksub,
-            "padding_idx": module.padding_idx,
+            "padding_idx": module.padding_idx, "split_dropout": module.split_dropout,
             "codes": module.codes.detach(), "sub_embeddings": module.sub_embeddings.detach(),
         })
     return {"format": STATE_FORMAT, "tables": tables}
@@ -304,7 +304,7 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
         parent, leaf = _resolve(model, path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
         try:
-            new = JPQEmbedding(codes, entry["ksub"], entry["dim"], padding_idx)
+            new = JPQEmbedding(codes, entry["ksub"], entry["dim"], padding_idx, float(entry.get("split_dropout", 0.0)))
         except JPQConfigError as err:
             raise JPQCheckpointError(f"checkpoint table {path!r}: {err}") from None
         new = new.to(device=table.device, dtype=table.dtype)
@@ -318,6 +318,7 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
             with torch.no_grad():
                 module.codes.copy_(codes)
                 module.sub_embeddings.copy_(entry["sub_embeddings"])
+            module.split_dropout = float(entry.get("split_dropout", module.split_dropout))
     for ref, new, _ in built:
         swap_table(model, ref, new)
     records = [record for _, _, record in built]

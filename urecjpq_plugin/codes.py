@@ -207,6 +207,12 @@ def svd_codes(
     return torch.from_numpy(user_codes), torch.from_numpy(item_codes)
 
 
+# svd_pq: memory for the randomised SVD's two float32 iterates ([rows, rank + oversampling] each);
+# the rank shrinks to fit (the full rank d = 64 up to ~2 * 10^6 IDs), so peak memory stays near
+# svd_codes' at 10^7 + 10^7 IDs, where the budget leaves svd_codes itself.
+SVD_PQ_BYTES = 3 * 2**29
+
+
 def svd_pq_codes(
     interactions: sp.spmatrix, M: int, ksub: int, seed: int, rank: int, distinct: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +225,17 @@ def svd_pq_codes(
     width would hold. Unlike :func:`svd_codes` (one component per split, binned by rank), a split
     sees several components jointly and keeps their scale, so IDs with few interactions (small
     factors) share sub-ids with each other rather than with popular IDs.
-    Falls back to :func:`svd_codes` when the matrix has fewer than ``M`` useful components.
+    The rank is capped so that the SVD's float32 iterates stay within :data:`SVD_PQ_BYTES`; where
+    that leaves fewer than ``2 * M`` components (about 10^7 users + 10^7 items), or the matrix has
+    fewer, this is :func:`svd_codes` (one component per split, lean at any size).
     """
     from .pq import ProductQuantizer
+    from .rsvd import OVERSAMPLE
 
     n_users, n_items = interactions.shape
-    usable = (min(rank, min(n_users, n_items) - 1) // M) * M
-    if usable < M or interactions.nnz == 0:
+    affordable = SVD_PQ_BYTES // (8 * (n_users + n_items)) - OVERSAMPLE  # two iterates, 4 bytes a float
+    usable = (min(rank, min(n_users, n_items) - 1, affordable) // M) * M
+    if usable < 2 * M or interactions.nnz == 0:
         return svd_codes(interactions, M, ksub, seed, distinct)
     U, s, Vt = randomized_svd(interactions, usable, seed)
     root = np.sqrt(s).astype(np.float32)

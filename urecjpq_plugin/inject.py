@@ -338,7 +338,9 @@ def inject_jpq(
     for ref in refs:
         parent, leaf = _resolve(model, ref.path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
-        new = JPQEmbedding.from_table(table, codes[ref.entity].to(table.device), config.ksub, padding_idx)
+        new = JPQEmbedding.from_table(
+            table, codes[ref.entity].to(table.device), config.ksub, padding_idx, config.split_dropout
+        )
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
     for ref, new, _ in built:
         swap_table(model, ref, new)

@@ -66,10 +66,22 @@ class JPQEmbedding(nn.Module):
         ksub: sub-ids per split (rows of each codebook).
         embedding_dim: ``d``; must be a multiple of ``M``.
         padding_idx: as in ``nn.Embedding``: that row decodes to zeros and gets no gradient.
+        split_dropout: in training mode, each looked-up row's sub-embeddings are zeroed with this
+            probability, independently per split, and the rest scaled by ``1 / (1 - p)`` (inverted
+            dropout over the ``M`` slots of a code). Shared sub-embeddings otherwise fit the training
+            pairs through combinations of splits within a few epochs and then drift on sparse data;
+            dropping splits makes every split carry the ID on its own (Amazon Baby BPR recall@20
+            -10.0 % -> -7.6 % vs uncompressed, ml-100k -3.0 % -> -1.7 %; 3 seeds, see the README).
     """
 
-    def __init__(self, codes: torch.Tensor, ksub: int, embedding_dim: int, padding_idx: int | None = None):
+    def __init__(
+        self, codes: torch.Tensor, ksub: int, embedding_dim: int, padding_idx: int | None = None,
+        split_dropout: float = 0.0,
+    ):
         super().__init__()
+        if not 0.0 <= split_dropout < 1.0:
+            raise JPQConfigError(f"split_dropout={split_dropout!r} is invalid; it must be in [0, 1)")
+        self.split_dropout = float(split_dropout)
         codes = as_codes(codes, ksub)
         num_embeddings, M = codes.shape
         if embedding_dim % M:
@@ -86,7 +98,8 @@ class JPQEmbedding(nn.Module):
 
     @classmethod
     def from_table(
-        cls, table: torch.Tensor, codes: torch.Tensor, ksub: int, padding_idx: int | None = None
+        cls, table: torch.Tensor, codes: torch.Tensor, ksub: int, padding_idx: int | None = None,
+        split_dropout: float = 0.0,
     ) -> JPQEmbedding:
         """Replace an initialised table: same shape, device, dtype, trainability and init scale.
 
@@ -96,7 +109,7 @@ class JPQEmbedding(nn.Module):
         num_embeddings, dim = table.shape
         if codes.shape[0] != num_embeddings:
             raise JPQConfigError(f"codes have {codes.shape[0]} rows but the table has {num_embeddings}")
-        module = cls(codes, ksub, dim, padding_idx)
+        module = cls(codes, ksub, dim, padding_idx, split_dropout)
         values = table.detach().float()
         if padding_idx is not None and num_embeddings > 1:
             values = values[torch.arange(num_embeddings, device=values.device) != module.padding_idx]
@@ -141,11 +154,20 @@ class JPQEmbedding(nn.Module):
         else:
             table = self._eval_table()
         if table is not None:
-            return F.embedding(flat_ids, table).view(*ids.shape, self.embedding_dim)
-        is_padding = None if self.padding_idx is None else flat_ids == self.padding_idx
-        # index_select: ~5x faster than codes[ids]
-        rows = self._gather(self.codes.index_select(0, flat_ids), is_padding)
-        return rows.view(*ids.shape, self.embedding_dim)
+            rows = F.embedding(flat_ids, table)
+        else:
+            is_padding = None if self.padding_idx is None else flat_ids == self.padding_idx
+            # index_select: ~5x faster than codes[ids]
+            rows = self._gather(self.codes.index_select(0, flat_ids), is_padding)
+        return self._drop_splits(rows).view(*ids.shape, self.embedding_dim)
+
+    def _drop_splits(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows [n, d]`` with each split zeroed at rate ``split_dropout`` (training with autograd only)."""
+        p = self.split_dropout
+        if not (p and self.training and torch.is_grad_enabled()):
+            return rows
+        keep = torch.rand(rows.shape[0], self.M, 1, device=rows.device) >= p
+        return (rows.view(-1, self.M, self.dsub) * keep.to(rows.dtype).div_(1 - p)).view(rows.shape)
 
     def _gather(self, codes: torch.Tensor, is_padding: torch.Tensor | None) -> torch.Tensor:
         """Decoded rows ``[n, d]`` of ``codes [n, M]``, zeros where ``is_padding [n]``, differentiable."""
@@ -175,11 +197,12 @@ class JPQEmbedding(nn.Module):
         RecBole makes two users small on ml-100k) and with it (the per-step table, :meth:`_step_table`).
         """
         if not self._small_enough_to_cache():
-            return self._decode_all()
+            return self._drop_splits(self._decode_all())
         training = torch.is_grad_enabled() and self.sub_embeddings.requires_grad
         key = "_step_weight" if training else "_decoded_weight"
         table = self._cached(key)
-        return table if table is not None else self._cache(key, self._decode_all())
+        table = table if table is not None else self._cache(key, self._decode_all())
+        return self._drop_splits(table)
 
     def _eval_table(self) -> torch.Tensor | None:
         """Without autograd, the cached decoded table when it exists or is small enough
@@ -273,6 +296,7 @@ class JPQEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        pad += f", split_dropout={self.split_dropout:g}" if self.split_dropout else ""
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, M={self.M}, ksub={self.ksub}, "
             f"codes={str(self.codes.dtype).replace('torch.', '')}{pad}"

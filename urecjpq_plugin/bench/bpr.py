@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..codes import svd_codes
+from ..config import SPLIT_DROPOUT
 from ..jpq import JPQEmbedding
 from .synthetic import SyntheticData
 
@@ -28,7 +28,7 @@ def plain_table(n: int, d: int) -> nn.Embedding:
 
 
 def jpq_table(codes: torch.Tensor, ksub: int, d: int) -> JPQEmbedding:
-    table = JPQEmbedding(codes, ksub, d)
+    table = JPQEmbedding(codes, ksub, d, split_dropout=SPLIT_DROPOUT)
     nn.init.normal_(table.sub_embeddings, std=INIT_STD)
     return table
 
@@ -53,9 +53,13 @@ def build(data: SyntheticData, variant: str, d: int, codes: tuple | None, ksub: 
     return model, torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """RecJPQ's SVD codes from the training matrix (:func:`codes.svd_codes`, lean enough for 10^7 IDs)."""
-    return svd_codes(data.train_csr(), M, ksub, seed)
+def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plugin's default code assignment (``jpq_code_assign: auto``) from the training matrix."""
+    from ..assign import assign_codes as plugin_assign
+    from ..config import JPQConfig
+
+    codes = plugin_assign(JPQConfig(M=M, ksub=ksub, seed=seed, dim=d), data.train_csr())
+    return codes["user"], codes["item"]
 
 
 def batches(data: SyntheticData, batch: int, steps: int, seed: int):

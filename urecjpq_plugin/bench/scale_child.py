@@ -39,7 +39,7 @@ def measure(spec: dict) -> dict:
     codes = None
     if spec["variant"] == "jpq":
         start = time.perf_counter()
-        codes = bpr.assign_codes(data, M, ksub, seed)
+        codes = bpr.assign_codes(data, M, ksub, seed, d)
         out.update(code_seconds=time.perf_counter() - start, rss_after_codes=_rss_peak())
     model, opt = bpr.build(data, spec["variant"], d, codes, ksub, seed, spec["lr"])
     del codes

@@ -160,7 +160,7 @@ def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfi
     """GRCN's users-then-items table: one JPQEmbedding over a ``2 * ksub`` codebook (not yet swapped in)."""
     table, padding_idx = _table_of(*_resolve(model, ref.path), ref.kind)
     codes = _joint_codes({"user": codes_for("user"), "item": codes_for("item")}, jcfg.ksub)
-    new = JPQEmbedding.from_table(table, codes.to(table.device), 2 * jcfg.ksub, padding_idx)
+    new = JPQEmbedding.from_table(table, codes.to(table.device), 2 * jcfg.ksub, padding_idx, jcfg.split_dropout)
     return ref, new, SwapRecord.of(ref, "user+item", table, new)
 
 
