@@ -1,6 +1,10 @@
-"""Time and memory of SVD code assignment (``svd_codes``) on bench-scale's synthetic data, by stage.
+"""Time and memory of code assignment on bench-scale's synthetic data, by stage.
 
-    python benchmarks/bench_codes.py [--sizes 1e6,1e7] [--M 16] [--ksub 256] [--threads 1]
+    python benchmarks/bench_codes.py [--sizes 1e6,1e7] [--code-assign auto] [--M 16] [--ksub 256] [--threads 1]
+
+``--code-assign`` (default: the plugin's default, ``auto``) goes through ``assign_codes`` as a host
+would, with tables of width ``--dim`` (64); ``auto`` takes ``svd_pq`` on this sparse data, whose
+rank is capped by its SVD memory budget (at 10^7 + 10^7 IDs that leaves RecJPQ's ``svd``).
 
 Per size (users = items, bench-scale's generator and interactions per user), one process each
 with torch and BLAS on --threads threads: the CPU seconds of the randomised SVD's sparse products
@@ -28,15 +32,18 @@ STAGES = {  # cProfile function name -> stage
     "orthonormalize": "orthonormalise (Cholesky-QR)",
     "quantile_bin": "quantile binning",
     "make_distinct": "distinct-code repair",
+    "kmeans": "PQ k-means",
+    "encode": "PQ assignment",
 }
 
 
-def child(size: int, M: int, ksub: int, threads: int) -> dict:
+def child(size: int, M: int, ksub: int, threads: int, code_assign: str, dim: int) -> dict:
     import torch
 
     from urecjpq_plugin.bench.scale import per_user_for
     from urecjpq_plugin.bench.synthetic import generate
-    from urecjpq_plugin.codes import svd_codes
+    from urecjpq_plugin.assign import assign_codes
+    from urecjpq_plugin.config import JPQConfig
     from urecjpq_plugin.distinct import distinct_code_fraction
 
     torch.set_num_threads(threads)
@@ -46,7 +53,8 @@ def child(size: int, M: int, ksub: int, threads: int) -> dict:
     profile = cProfile.Profile(time.process_time)  # stage times in CPU seconds, like the total
     wall, cpu = time.perf_counter(), time.process_time()
     profile.enable()
-    user_codes, item_codes = svd_codes(X, M, ksub, seed=0)
+    codes = assign_codes(JPQConfig(M=M, ksub=ksub, code_assign=code_assign, seed=0, dim=dim), X)
+    user_codes, item_codes = codes["user"], codes["item"]
     profile.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = pstats.Stats(profile).stats
@@ -68,10 +76,12 @@ def main() -> None:
     p.add_argument("--M", type=int, default=16)
     p.add_argument("--ksub", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--code-assign", default="auto", help="jpq_code_assign (default auto)")
+    p.add_argument("--dim", type=int, default=64, help="table width (svd_pq's SVD rank)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.M, args.ksub, args.threads)))
+        print(json.dumps(child(args.child, args.M, args.ksub, args.threads, args.code_assign, args.dim)))
         return
     try:
         sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -81,12 +91,13 @@ def main() -> None:
                                ("--threads", args.threads, 1)):
         if value < least:
             p.error(f"{flag} {value} is invalid; it must be {least} or more")
-    print(f"svd_codes, M={args.M}, ksub={args.ksub}, {args.threads} thread(s); wall and CPU seconds, CPU seconds by stage")
+    print(f"jpq_code_assign={args.code_assign}, M={args.M}, ksub={args.ksub}, d={args.dim}, {args.threads} thread(s); "
+          "wall and CPU seconds, CPU seconds by stage")
     print("| users = items | interactions | wall s | CPU s | " + " | ".join(STAGES.values()) + " | peak RSS | distinct user / item |")
     print("|---" * (6 + len(STAGES)) + "|")
     for size in sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--M", str(args.M), "--ksub", str(args.ksub),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--code-assign", args.code_assign, "--dim", str(args.dim)]
         # BLAS (numpy's Gram and Cholesky passes) gets the same thread count as torch
         env = dict(os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
         r = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout.splitlines()[-1])

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from urecjpq_plugin import JPQConfig, apply_jpq
+from urecjpq_plugin.assign import assign_codes
 
 TOPK = 20
 
@@ -230,8 +231,6 @@ def main(argv=None) -> int:
     diag = {}
     for variant in variants[1:]:
         cfg = variant_config(variant, M, args.ksub, seeds[0]).for_dims([item_w.shape[1]])
-        from urecjpq_plugin.assign import assign_codes
-
         diag[variant] = code_diagnostics(item_w, assign_codes(cfg, train_m)["item"])
     lines += ["", "| codes | item 10-NN sharing its sub-id (mean / best split) | chance | reconstruction error |",
               "|---|---|---|---|"]

@@ -42,14 +42,14 @@ def test_auto_takes_svd_pq_on_sparse_and_svd_on_dense_interactions(caplog):
 
     from urecjpq_plugin.assign import SPARSE_DEGREE, resolve_auto
 
-    dense = block_matrix()  # 15 interactions per user: 2 * 6000 / 700 = 17.1 per ID
-    assert 2 * dense.nnz / sum(dense.shape) < SPARSE_DEGREE and resolve_auto(dense) == "svd_pq"
     rng = np.random.default_rng(0)
-    denser = sp.csr_matrix((rng.random((400, 300)) < 0.2).astype(np.float32))  # ~69 per ID
-    assert resolve_auto(denser) == "svd"
+    sparse = sp.csr_matrix((rng.random((400, 300)) < 0.02).astype(np.float32))  # ~6 per user: ~6.9 per ID
+    dense = block_matrix()  # 15 per user: 2 * 6000 / 700 = 17.1 per ID
+    assert 2 * sparse.nnz / sum(sparse.shape) < SPARSE_DEGREE < 2 * dense.nnz / sum(dense.shape)
+    assert resolve_auto(sparse) == "svd_pq" and resolve_auto(dense) == "svd"
     cfg = JPQConfig(M=8, ksub=32, code_assign="auto", seed=3)
     with caplog.at_level(logging.INFO, logger="urecjpq_plugin"):
-        for X, how in ((dense, "svd_pq"), (denser, "svd")):
+        for X, how in ((sparse, "svd_pq"), (dense, "svd")):
             got = assign_codes(cfg, X)
             want = assign_codes(JPQConfig(M=8, ksub=32, code_assign=how, seed=3), X)
             assert all(torch.equal(got[e], want[e]) for e in ("user", "item"))

@@ -49,7 +49,8 @@ class FakeLoader:
 
 
 def config(**kw) -> dict:
-    return {"jpq": True, "jpq_M": 4, "jpq_ksub": 8, "seed": 7, **kw}
+    # split dropout off: these tests compare training-mode reads exactly (see test_split_dropout_reaches_tables)
+    return {"jpq": True, "jpq_M": 4, "jpq_ksub": 8, "seed": 7, "jpq_split_dropout": 0.0, **kw}
 
 
 def qualified(module: str, name: str):
@@ -189,6 +190,12 @@ def test_embedding_tables_by_id_and_weight():
     out = model(ids, torch.tensor([1, 2, 3])).sum()
     out.backward()
     assert model.user_embedding.sub_embeddings.grad.abs().sum() > 0
+
+
+def test_split_dropout_reaches_tables():
+    model = EmbeddingModel()
+    compress(model, jpq_split_dropout=0.3)
+    assert model.user_embedding.split_dropout == model.item_id_embedding.split_dropout == 0.3
 
 
 def test_raw_parameter_tables_become_properties():
