@@ -146,12 +146,30 @@ def test_host_budget_leaves_recbole_defaults_alone():
      (["--models", "lightgc"], "LightGCN"),
      (["--M", "7"], "not a multiple of jpq_M=7"), (["--targets", "user+thing"], "thing"),
      (["--dataset", "no-such-data"], "no-such-data"), (["--seeds", "1,1"], "--seeds"),
-     (["--epochs", "0"], "--epochs"), (["--jobs", "0"], "--jobs 0")],
+     (["--epochs", "0"], "--epochs"), (["--jobs", "0"], "--jobs 0"), (["--threads", "0"], "--threads 0"),
+     (["--threads", "-1"], "--threads -1")],
 )
 def test_bad_options_are_one_line_errors(argv, word):
     with pytest.raises(URecJPQError, match=word) as err:
         run.plan(run.parse_args(argv))
     assert "\n" not in str(err.value)
+
+
+def test_repeated_models_run_once(capsys):
+    _, specs = run.plan(run.parse_args(["--models", "BPR,LightGCN,BPR"]))
+    assert [s["run_id"] for s in specs if s["jpq"] is None] == ["BPR-base-s2020", "LightGCN-base-s2020"]
+    assert "names BPR more than once" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_one_line_and_left_alone(tmp_path):
+    import subprocess
+
+    target = tmp_path / "results.txt"
+    target.write_text("mine\n")
+    done = subprocess.run(["urecjpq", "bench", "--models", "BPR", "--out", str(target), "--no-progress"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and target.read_text() == "mine\n"
+    assert done.stderr.strip().count("\n") == 0 and "is a file, not a folder" in done.stderr
 
 
 def test_runner_contract_is_checked():

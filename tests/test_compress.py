@@ -213,6 +213,9 @@ def test_compress_checkpoint_loads_with_the_plugin_and_keeps_other_weights(train
         main([out, "--out", str(tmp_path / "twice.pth")])
     with pytest.raises(URecJPQError, match="does not exist"):
         main([str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.pth")])
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(URecJPQError, match="is a directory"):
+        main([str(tmp_path / "a_folder"), "--out", str(tmp_path / "x.pth")])
     assert not (tmp_path / "twice.pth").exists() and not (tmp_path / "x.pth").exists()
 
 

@@ -263,3 +263,15 @@ def test_bad_split_dropout_is_a_clear_error(value):
 
     with pytest.raises(JPQConfigError, match="jpq_split_dropout="):
         JPQConfig.from_mapping({"jpq_split_dropout": value})
+
+
+@pytest.mark.parametrize("ids", [torch.tensor([1.7, 2.2]), torch.tensor([True, False])])
+def test_non_integer_ids_are_refused_like_nn_embedding(ids):
+    from urecjpq_plugin.jpq import JPQIdError
+
+    table = JPQEmbedding(random_codes(10, 2, 4, 0), 4, 8)
+    with pytest.raises(JPQIdError, match=f"ids have dtype {ids.dtype}"):
+        table(ids)
+    with pytest.raises((RuntimeError, IndexError, TypeError)):
+        nn.Embedding(10, 8)(ids)  # the contract followed
+    assert isinstance(JPQIdError("x"), ValueError)

@@ -22,6 +22,8 @@ def read_checkpoint_file(path: str, needs: Iterable[str] = (), weights_only: boo
     that pickle their config (RecBole's) -- read only files you trust, as with ``torch.load``.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointFileError(f"checkpoint {path!r} is a directory; give a .pth file written by {written_by}")
     if not os.path.isfile(path):
         raise CheckpointFileError(f"checkpoint {path!r} does not exist; give a .pth file written by {written_by}")
     try:

@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import as_codes
-from .config import JPQConfigError
+from .config import JPQConfigError, URecJPQError
+
+
+class JPQIdError(URecJPQError, TypeError):
+    """Ids that are not integers (``nn.Embedding`` refuses them too)."""
 
 
 # Largest decoded table ``JPQEmbedding.weight`` keeps between reads without autograd (bigger ones are
@@ -147,8 +151,10 @@ class JPQEmbedding(nn.Module):
         """``ids [...]`` -> ``[..., d]``: gathers the rows asked for, or reads a decoded table where
         that is cheaper (see :meth:`_step_table` and :meth:`_eval_table`)."""
         flat_ids = ids.reshape(-1)
+        if flat_ids.dtype.is_floating_point or flat_ids.dtype.is_complex or flat_ids.dtype == torch.bool:
+            raise JPQIdError(f"ids have dtype {flat_ids.dtype}; like nn.Embedding, JPQEmbedding takes integer ids")
         if flat_ids.dtype not in (torch.int64, torch.int32):
-            flat_ids = flat_ids.long()  # as nn.Embedding: integer ids of any width
+            flat_ids = flat_ids.long()  # integer ids of any width
         if torch.is_grad_enabled() and self.sub_embeddings.requires_grad:
             table = self._step_table(flat_ids.numel())
         else:

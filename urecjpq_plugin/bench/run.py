@@ -112,9 +112,15 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     if args.host == "mmrec" and not args.mmrec_src:
         raise JPQConfigError("--host mmrec needs --mmrec-src (the MMRec checkout's src/ folder)")
     check_runner_exists(args.host)
+    if args.threads is not None and args.threads < 1:
+        raise JPQConfigError(f"--threads {args.threads} is invalid; it must be 1 or more (threads per run)")
     if args.jobs < 1:
         raise JPQConfigError(f"--jobs {args.jobs} is invalid; it must be 1 or more")
     models = [m.strip() for m in (args.models or DEFAULT_MODELS[args.host]).split(",") if m.strip()]
+    if len(set(models)) != len(models):
+        repeated = sorted({m for m in models if models.count(m) > 1})
+        print(f"urecjpq bench: --models names {', '.join(repeated)} more than once; each runs once", file=sys.stderr)
+        models = list(dict.fromkeys(models))
     if not models:
         raise JPQConfigError("--models is empty; give comma-separated model names")
     seeds = _ints(args.seeds, "--seeds")

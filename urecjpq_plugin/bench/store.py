@@ -30,6 +30,8 @@ class BenchFolderError(URecJPQError):
 
 def open_folder(out: Path, settings: dict) -> Path:
     """Create ``out`` or check it was made with the same ``settings``; return the runs folder."""
+    if out.exists() and not out.is_dir():
+        raise BenchFolderError(f"--out {out} is a file, not a folder; pass a new or empty folder for the results")
     manifest = out / MANIFEST
     if manifest.exists():
         try:
