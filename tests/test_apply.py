@@ -321,3 +321,22 @@ def test_saved_state_keeps_split_dropout():
     fresh = TinyBPR()
     load_jpq(fresh, state)
     assert {m.split_dropout for m in jpq_modules(fresh).values()} == {0.25}
+
+
+def test_a_count_that_matches_no_table_is_refused_before_any_change():
+    model = TinyBPR()
+    with pytest.raises(JPQTargetError, match=rf"counts user=107 match no table of model TinyBPR .*{N_USERS}"):
+        apply_jpq(model, CONFIG, {"user": 107, "item": N_ITEMS})
+    assert isinstance(model.user_embedding, nn.Embedding) and isinstance(model.item_embedding, nn.Embedding)
+
+
+@pytest.mark.parametrize("fill, match", [(np.nan, "1 non-finite entries"), (0.0, "has no nonzero entry")])
+def test_interactions_without_usable_values_are_refused(fill, match):
+    inter = sp.random(N_USERS, N_ITEMS, density=0.2, format="csr", random_state=0, data_rvs=np.ones)
+    inter.data[0] = fill
+    if fill == 0.0:
+        inter.data[:] = 0.0
+    model = TinyBPR()
+    with pytest.raises(JPQConfigError, match=match):
+        apply_jpq(model, JPQConfig(M=4, ksub=8, code_assign="svd"), COUNTS, interactions=inter)
+    assert isinstance(model.item_embedding, nn.Embedding)

@@ -182,6 +182,13 @@ def apply_jpq(
     _refuse_compressed(model)
     counts = _checked_counts(counts, config.id_targets)
     refs = find_id_tables(model, counts, config.id_targets)
+    unmatched = [e for e in counts if e not in {r.entity for r in refs}]
+    if unmatched:
+        rows = sorted({shape[0] for _, _, shape in list_candidate_tables(model)})
+        raise JPQTargetError(
+            f"counts {', '.join(f'{e}={counts[e]}' for e in unmatched)} match no table of model "
+            f"{type(model).__name__} (its tables' row counts: {rows}); give the tables' row counts"
+        )
     config = config.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)

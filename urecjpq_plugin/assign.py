@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .codes import log_distinct_fractions, random_codes, svd_codes, svd_pq_codes
@@ -55,6 +56,13 @@ def assign_codes(
         raise JPQConfigError(f"jpq_code_assign={how!r} needs the training interactions (a users x items matrix); "
                              "give them, or use random")
     inter = interactions.tocsr().astype("float32")
+    bad = int(inter.nnz - np.isfinite(inter.data).sum())
+    if bad:
+        raise JPQConfigError(f"interactions has {bad} non-finite entries (NaN or inf); give a finite users x items "
+                             "training matrix")
+    if inter.count_nonzero() == 0:
+        raise JPQConfigError(f"interactions {inter.shape} has no nonzero entry, so jpq_code_assign={how!r} has "
+                             "nothing to learn from; give the training interactions, or use random")
     if how == AUTO:
         how = resolve_auto(inter)
         logger.info(f"urecjpq: jpq_code_assign=auto -> {how} ({2 * inter.nnz / max(sum(inter.shape), 1):.1f} "
