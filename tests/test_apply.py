@@ -340,3 +340,11 @@ def test_interactions_without_usable_values_are_refused(fill, match):
     with pytest.raises(JPQConfigError, match=match):
         apply_jpq(model, JPQConfig(M=4, ksub=8, code_assign="svd"), COUNTS, interactions=inter)
     assert isinstance(model.item_embedding, nn.Embedding)
+
+
+def test_config_may_be_a_dict_of_its_fields():
+    model = TinyBPR()
+    report = apply_jpq(model, {"M": 4, "ksub": 8, "code_assign": "random"}, COUNTS)
+    assert (report.M, report.ksub) == (4, 8)
+    with pytest.raises(JPQConfigError, match=r"unknown keys \['Mm'\]"):
+        apply_jpq(TinyBPR(), {"Mm": 4}, COUNTS)

@@ -39,3 +39,20 @@ def test_dim_must_split_into_M():
     with pytest.raises(JPQConfigError, match=r"embedding size 64 of user_embedding is not a multiple of jpq_M=5"):
         JPQConfig(M=5).check_dim(64, "user_embedding")
     JPQConfig(M=8).check_dim(64)
+
+
+@pytest.mark.parametrize("key, close", [("jpq_Mm", "jpq_M"), ("jpq_ksubs", "jpq_ksub"), ("jpq_whatever", None)])
+def test_unknown_jpq_keys_are_refused(key, close):
+    with pytest.raises(JPQConfigError, match=key) as err:
+        JPQConfig.from_mapping({"jpq": True, key: 8})
+    assert (f"did you mean {close}" in str(err.value)) if close else "did you mean" not in str(err.value)
+
+    class HostConfig:  # RecBole's and MMRec's Config keep their keys in final_config_dict
+        final_config_dict = {"jpq": True, key: 8, "learning_rate": 0.1}
+
+        def __getitem__(self, k):
+            return self.final_config_dict[k]
+
+    with pytest.raises(JPQConfigError, match=key):
+        JPQConfig.from_mapping(HostConfig())
+    assert JPQConfig.from_mapping({"jpq": True, "jpq_tables": {}, "other_key": 1}).ksub == 256

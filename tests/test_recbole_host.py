@@ -79,6 +79,8 @@ def test_cli_trains_evaluates_and_writes_checkpoint(tmp_path, monkeypatch, recbo
         (["--jpq_M=7"], "embedding size 64 of user_embedding is not a multiple of jpq_M=7"),
         (["--model=Pop"], "model Pop has no ID table for jpq_targets=['user', 'item']"),
         (["--jpq_targets=['image']"], "multimodal feature tables, which only the MMRec host has"),
+        (["--jpq_Mm=8"], "jpq_Mm is not an option of the plugin; did you mean jpq_M?"),
+        (["--jpq_split_dropout=1.5"], "jpq_split_dropout=1.5 is invalid"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_no_checkpoint(args, message, tmp_path, monkeypatch, capsys, recbole_env):

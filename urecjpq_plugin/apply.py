@@ -160,9 +160,22 @@ def _assigned_codes(config: JPQConfig, counts: Mapping[str, int], entities: list
     return {e: by_entity[e] for e in entities}
 
 
+def _as_config(config: Any) -> JPQConfig:
+    """A :class:`JPQConfig`, or a mapping of its field names (``{"M": 8, "ksub": 256}``) made into one."""
+    if isinstance(config, JPQConfig):
+        return config
+    if isinstance(config, Mapping):
+        fields = set(JPQConfig.__dataclass_fields__) - {"dim"}
+        unknown = sorted(set(map(str, config)) - fields)
+        if unknown:
+            raise JPQConfigError(f"config has unknown keys {unknown}; JPQConfig takes {sorted(fields)}")
+        return JPQConfig(**config)
+    raise JPQConfigError(f"config is a {type(config).__name__}; give a JPQConfig or a dict of its fields")
+
+
 def apply_jpq(
     model: nn.Module,
-    config: JPQConfig,
+    config: JPQConfig | Mapping[str, Any],
     counts: Mapping[str, int],
     codes: Mapping[str, Any] | None = None,
     interactions: Any = None,
@@ -174,6 +187,7 @@ def apply_jpq(
     from ``interactions`` (a scipy users x items training matrix) or ``random``. Every check (tables,
     sizes, codes) runs before the model changes.
     """
+    config = _as_config(config)
     if config.feature_targets:
         raise JPQConfigError(
             f"jpq_targets {list(config.feature_targets)} are feature tables; apply_jpq compresses ID tables "

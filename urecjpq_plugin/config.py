@@ -29,7 +29,10 @@ DSUB_AUTO = 4
 # jpq_split_dropout's default: measured at 0.1 and 0.25 (Amazon Baby BPR recall@20 vs uncompressed,
 # 3 seeds: -7.6 % and -7.8 %, -10.0 % without) and at 0.1 on ml-100k (-1.7 %, -3.0 % without).
 SPLIT_DROPOUT = 0.1
-MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop here too
+MAX_KSUB = 2**16
+# Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
+# jpq_* key is a typo and stops the run rather than training with a default.
+OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_tables")  # uint16 codes; faiss's IndexPQ export and the README stop here too
 
 
 class URecJPQError(ValueError):
@@ -150,7 +153,8 @@ class JPQConfig:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | Any, seed: int | None = None) -> JPQConfig:
-        """Build from a host config; missing keys take the defaults."""
+        """Build from a host config; missing keys take the defaults, an unknown ``jpq_*`` key is an error."""
+        check_option_keys(mapping)
 
         def get(key: str, default: Any) -> Any:
             try:
@@ -185,6 +189,23 @@ class JPQConfig:
             targets=parse_list(get("jpq_targets", ID_TARGETS)),
             seed=int(seed if seed is not None else get("seed", cls.seed)),
         )
+
+
+def check_option_keys(mapping: Mapping[str, Any] | Any) -> None:
+    """Refuse ``jpq_*`` keys the plugin does not know (a dict, or a host config with ``final_config_dict``)."""
+    import difflib
+
+    if not isinstance(mapping, Mapping):
+        mapping = getattr(mapping, "final_config_dict", None)
+        if not isinstance(mapping, Mapping):
+            return
+    for key in mapping:
+        if isinstance(key, str) and key.startswith("jpq_") and key not in OPTION_KEYS:
+            close = difflib.get_close_matches(key, [k for k in OPTION_KEYS if k != "jpq"], n=2, cutoff=0.6)
+            raise JPQConfigError(
+                f"{key} is not an option of the plugin" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                + f" (options: {', '.join(OPTION_KEYS)})"
+            )
 
 
 def jpq_enabled(mapping: Mapping[str, Any] | Any) -> bool:
