@@ -220,6 +220,20 @@ def test_compress_checkpoint_loads_with_the_plugin_and_keeps_other_weights(train
 
 
 @needs_recbole
+def test_compress_with_finetune_runs_from_the_command_line(trained, tmp_path):
+    # A fresh process, as a user runs it: no Config was built there, so RecBole's numpy aliases
+    # (np.float in its metrics) come from the plugin; validation runs every epoch.
+    import subprocess
+
+    _, ckpt = trained
+    out = tmp_path / "tuned.pth"
+    done = subprocess.run(["urecjpq", "compress", ckpt, "--out", str(out), "--M", "4", "--ksub", "16",
+                           "--finetune-epochs", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_file()
+
+
+@needs_recbole
 def test_compress_with_finetune_writes_a_trained_checkpoint(trained, tmp_path, monkeypatch):
     _, ckpt = trained
     monkeypatch.chdir(tmp_path)

@@ -122,6 +122,9 @@ def load_data_and_model(model_file: str):
 
     checkpoint = read_checkpoint_file(model_file, needs=("config", "state_dict"), written_by="a RecBole trainer")
     config = checkpoint["config"]
+    from .recbole_compat import set_numpy1_aliases
+
+    set_numpy1_aliases()  # what building a Config sets; this one was unpickled (np.float: RecBole's metrics)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

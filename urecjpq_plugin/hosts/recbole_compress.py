@@ -98,8 +98,12 @@ def compress_checkpoint(
     seed = config["seed"] if seed is None else seed
 
     from . import recbole as host
+    from .recbole_compat import set_numpy1_aliases
 
     host.activate()
+    # RecBole sets numpy's old aliases (np.float, which its NDCG uses) when a Config is built; this
+    # one was unpickled, so set them here or the first validation of --finetune-epochs fails.
+    set_numpy1_aliases()
     from recbole.data import create_dataset, data_preparation
     from recbole.quick_start import quick_start
     from recbole.utils import init_logger, init_seed
