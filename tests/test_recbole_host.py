@@ -123,3 +123,14 @@ def test_tables_command_lists_what_would_be_swapped(recbole_env, capsys, monkeyp
     assert main(["tables", "--model=Pop"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("urecjpq tables: error: model Pop has no ID table") and len(err.splitlines()) == 1
+
+
+def test_a_comma_separated_inter_file_is_one_line(tmp_path, monkeypatch, capsys, recbole_env):
+    monkeypatch.setattr(sys, "argv", ["urecjpq-recbole"])
+    folder = tmp_path / "data" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "mine.inter").write_text("user_id,item_id\n1,2\n")
+    code = cli_main(["--model=BPR", "--dataset=mine", f"--data_path={tmp_path / 'data'}", "--jpq", "--epochs=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "mine.inter: header 'user_id,item_id' is not RecBole's atomic format" in err

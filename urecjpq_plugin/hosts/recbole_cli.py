@@ -73,11 +73,32 @@ def build_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> tup
 
     if mmrec_inter_file(args.dataset, data_path):  # MMRec's pre-split format: keep the file's split
         config_dict.update(recbole_presplit(args.dataset, data_path))
+    else:
+        check_atomic_header(args.dataset, data_path)
     # Check the JPQ options before RecBole writes logs or checkpoints.
     merged = {**from_files, **given}
     if jpq_enabled(merged):
         JPQConfig.from_mapping({k: _literal(v) for k, v in merged.items()})
     return files, config_dict
+
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_atomic_header(dataset: str, data_path: str | None) -> None:
+    """RecBole's atomic ``.inter`` header is tab-separated ``name:type``; anything else would end in a
+    long traceback deep inside RecBole's loader, so name the file and what is expected first."""
+    path = os.path.join(os.path.expanduser(data_path or "dataset"), dataset, f"{dataset}.inter")
+    if not os.path.isfile(path):
+        return  # a dataset RecBole downloads, or one without an .inter file: RecBole's own checks apply
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().rstrip("\r\n")
+    fields = header.split("\t")
+    if not all(f.count(":") == 1 and f.split(":")[1] in ATOMIC_TYPES for f in fields):
+        raise JPQConfigError(
+            f"{path}: header {header[:60]!r} is not RecBole's atomic format; expected tab-separated name:type "
+            f"fields such as 'user_id:token<TAB>item_id:token' (types: {', '.join(ATOMIC_TYPES)})"
+        )
 
 
 def _literal(value):
