@@ -236,3 +236,18 @@ def test_scale_bench_tiny_and_memory_guard(tmp_path):
     guarded = json.loads((small / "runs" / "1e7-base.json").read_text())
     assert guarded["status"] == "does not fit" and guarded["estimate_bytes"] > 15 << 30
     assert "does not fit" in (small / "scale.md").read_text()
+
+
+def test_ctrl_c_is_one_line_and_records_no_failure(tmp_path, monkeypatch, capsys):
+    data = _tiny_dataset(tmp_path / "data")
+    out = tmp_path / "results"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what a worker sees when Ctrl-C reaches the bench
+
+    monkeypatch.setattr(run, "run_in_subprocess", interrupted)
+    assert run.main(_args(data, out, "--models", "BPR")) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("urecjpq bench: interrupted; rerun the same command to resume")
+    assert "Traceback" not in "\n".join(err)
+    assert not list((out / "runs").glob("*.json"))  # nothing recorded as failed: a rerun runs it

@@ -233,12 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:  # torch reads these at start-up; spinning thread pools on a shared CPU cost 10-80x
         env = {k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     failed: list[tuple[str, str]] = []
+    interrupted = threading.Event()
     lock = threading.Lock()  # one writer of reports and the progress bar at a time
 
     def run_spec(spec: dict) -> None:
         run_dir = runs / spec["run_id"]
         spec = {**spec, "out_dir": str(run_dir.resolve())}
         result = run_in_subprocess(spec, run_dir, timeout=args.timeout, python=args.python, env=env)
+        if interrupted.is_set():  # the run got the same Ctrl-C: not its failure; a rerun resumes it
+            return
         record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
         save_run(runs, record)
         with lock:
@@ -256,8 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             for future in [pool.submit(run_spec, spec) for spec in todo]:
                 future.result()
+        except KeyboardInterrupt:
+            interrupted.set()
         finally:  # stopped (SIGTERM, Ctrl-C): start no queued run; a rerun resumes them
             pool.shutdown(wait=True, cancel_futures=True)
+    if interrupted.is_set():
+        write_reports(all_runs(runs), out, title=_title(settings, seeds))
+        print(f"urecjpq bench: interrupted; rerun the same command to resume ({out}/)", file=sys.stderr)
+        return 130
     paths = write_reports(all_runs(runs), out, title=_title(settings, seeds))
     print((out / "results.md").read_text())
     print(f"outputs: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
