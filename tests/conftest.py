@@ -36,3 +36,13 @@ def registry():
     yield
     _REGISTRY.clear()
     _REGISTRY.update(saved)
+
+
+def entry_point(name: str) -> str:
+    """The installed console script ``name`` of this interpreter's environment (as the README runs it),
+    whether or not that environment's bin/ is on PATH."""
+    import shutil
+    import sys
+
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.exists(beside) else (shutil.which(name) or name)

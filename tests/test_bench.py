@@ -10,6 +10,7 @@ from urecjpq_plugin.bench import report, run, scale
 from urecjpq_plugin.bench.hosts import BenchRunnerError, check_result
 from urecjpq_plugin.bench.store import BenchFolderError
 from urecjpq_plugin.config import URecJPQError
+from tests.conftest import entry_point
 
 MODELS = "BPR,LightGCN"
 
@@ -166,7 +167,7 @@ def test_out_that_is_a_file_is_one_line_and_left_alone(tmp_path):
 
     target = tmp_path / "results.txt"
     target.write_text("mine\n")
-    done = subprocess.run(["urecjpq", "bench", "--models", "BPR", "--out", str(target), "--no-progress"],
+    done = subprocess.run([entry_point("urecjpq"), "bench", "--models", "BPR", "--out", str(target), "--no-progress"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and target.read_text() == "mine\n"
     assert done.stderr.strip().count("\n") == 0 and "is a file, not a folder" in done.stderr

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from urecjpq_plugin.checkpoint_file import UntrustedCheckpointError, allowed_global, read_checkpoint_file
+from tests.conftest import entry_point
 
 
 class _RunsCode:
@@ -36,7 +37,7 @@ def test_a_file_whose_pickle_runs_code_is_refused_and_runs_nothing(tmp_path):
 def test_commands_refuse_it_in_one_line(command, tmp_path):
     path, marker = _crafted(tmp_path)
     out = tmp_path / "out.pth"
-    argv = ["urecjpq"] + [a.format(path=path, out=out) for a in command]
+    argv = [entry_point("urecjpq")] + [a.format(path=path, out=out) for a in command]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-1500:]
     assert len(done.stderr.strip().splitlines()) == 1 and "builtin__.exec" in done.stderr

@@ -14,6 +14,7 @@ from urecjpq_plugin import JPQConfigError, URecJPQError, jpq_state_dict, load_jp
 from urecjpq_plugin.compress import CompressError, quantize_model, quantize_table
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.pq import ProductQuantizer, relative_error
+from tests.conftest import entry_point
 
 
 def main(argv):
@@ -227,7 +228,7 @@ def test_compress_with_finetune_runs_from_the_command_line(trained, tmp_path):
 
     _, ckpt = trained
     out = tmp_path / "tuned.pth"
-    done = subprocess.run(["urecjpq", "compress", ckpt, "--out", str(out), "--M", "4", "--ksub", "16",
+    done = subprocess.run([entry_point("urecjpq"), "compress", ckpt, "--out", str(out), "--M", "4", "--ksub", "16",
                            "--finetune-epochs", "1"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file()

@@ -12,6 +12,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 from urecjpq_plugin.data import mmrec_dataset as md  # noqa: E402
+from tests.conftest import entry_point
 
 HAS_RECBOLE = importlib.util.find_spec("recbole") is not None
 needs_recbole = pytest.mark.skipif(not HAS_RECBOLE, reason="recbole not installed (its ml-100k files are the source)")
@@ -254,13 +255,13 @@ def test_cli_names_the_dataset_and_the_missing_extra_and_writes_nothing(tmp_path
     import subprocess
 
     out = tmp_path / "out"
-    done = subprocess.run(["urecjpq", "mmrec-data", "nope", "--out", str(out)], capture_output=True, text=True,
+    done = subprocess.run([entry_point("urecjpq"), "mmrec-data", "nope", "--out", str(out)], capture_output=True, text=True,
                           cwd=tmp_path)
     assert done.returncode == 2 and not out.exists()
     assert done.stderr.strip() == ("urecjpq mmrec-data: error: dataset 'nope' is not supported; valid: ml-100k "
                                    "(--out names the folder)")
     if importlib.util.find_spec("sentence_transformers") is None:
-        done = subprocess.run(["urecjpq", "mmrec-data", "ml-100k", "--out", str(out)], capture_output=True,
+        done = subprocess.run([entry_point("urecjpq"), "mmrec-data", "ml-100k", "--out", str(out)], capture_output=True,
                               text=True, cwd=tmp_path)
         assert done.returncode == 2 and not out.exists()
         assert len(done.stderr.strip().splitlines()) == 1 and 'pip install -e ".[mmrec]"' in done.stderr
