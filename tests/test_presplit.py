@@ -84,3 +84,14 @@ def test_bench_runs_on_a_presplit_dataset(tmp_path):
     assert record["status"] == "ok"
     assert record["spec"]["overrides"]["benchmark_filename"] == ["train", "valid", "test"]
     assert (out / "data" / "mini" / "mini.train.inter").is_file()
+
+
+def test_tables_command_reads_a_presplit_dataset(tmp_path, monkeypatch, capsys, recbole_env):
+    from urecjpq_plugin.hosts.tables import main
+
+    data, _ = _mmrec_dataset(tmp_path / "data")
+    monkeypatch.setenv("URECJPQ_CACHE", str(tmp_path / "cache"))
+    assert main(["--model", "BPR", "--dataset", "mini", "--data-path", str(data), "--ksub", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "user_embedding" in out and " 41 " in out and " 31 " in out  # 40 users, 30 items, RecBole's padding row
+    assert (tmp_path / "cache" / "recbole-data" / "mini" / "mini.train.inter").is_file()

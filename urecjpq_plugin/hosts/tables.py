@@ -86,6 +86,10 @@ def recbole_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module,
     config_dict = {**overrides, "jpq": False, "state": "ERROR", "show_progress": False}
     if data_path:
         config_dict["data_path"] = data_path
+    from ..data.presplit import mmrec_inter_file, recbole_presplit
+
+    if mmrec_inter_file(args.dataset, data_path):  # MMRec's pre-split format, as urecjpq-recbole reads it
+        config_dict.update(recbole_presplit(args.dataset, data_path))
     with _argv_alone():
         config = Config(model=name, dataset=args.dataset, config_file_list=args.config_files, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
