@@ -26,8 +26,9 @@ AUTO = "auto"
 # (ksub * d per table) was the strongest accuracy lever measured (README, "Choosing M"), and
 # uint8 codes of d/4 bytes keep a checkpoint near 1/16 of the float32 table.
 DSUB_AUTO = 4
-# jpq_split_dropout's default: measured at 0.1 and 0.25 (Amazon Baby BPR recall@20 vs uncompressed,
-# 3 seeds: -7.6 % and -7.8 %, -10.0 % without) and at 0.1 on ml-100k (-1.7 %, -3.0 % without).
+# jpq_split_dropout's default: 0.1 and 0.25 scored alike (plain-PyTorch BPR on Amazon Baby, 3 seeds:
+# recall@20 -7.6 % and -7.8 % vs uncompressed, -10.0 % without); in RecBole the gain is small
+# (BPR on Baby -11.0 % -> -10.7 %, on ml-100k +1.0 % over no dropout), and it hurt nowhere measured.
 SPLIT_DROPOUT = 0.1
 MAX_KSUB = 2**16
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
