@@ -246,3 +246,18 @@ def test_compress_with_finetune_writes_a_trained_checkpoint(trained, tmp_path, m
     posthoc, _ = quantize_table(trained_items, 4, 16, seed=saved["config"]["seed"])
     assert torch.equal(saved["state_dict"]["item_embedding.codes"], posthoc)  # codes stay fixed while tuning
     assert saved["config"]["jpq"] and "item_embedding.sub_embeddings" in saved["state_dict"]
+
+
+@needs_recbole
+def test_compress_defaults_to_the_plugins_M(trained, tmp_path, monkeypatch):
+    from urecjpq_plugin.config import auto_M
+    from urecjpq_plugin.hosts.recbole_compress import parse_args
+
+    assert parse_args(["x.pth", "--out", "y.pth"]).M == "auto"
+    _, ckpt = trained
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "auto.pth")
+    main([ckpt, "--out", out, "--ksub", "16"])
+    saved = torch.load(out, weights_only=False)
+    dim = saved["state_dict"]["item_embedding.sub_embeddings"].shape
+    assert saved["config"]["jpq_M"] == dim[0] == auto_M(dim[0] * dim[2])  # resolved from the table width

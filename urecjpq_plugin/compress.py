@@ -52,7 +52,7 @@ def quantize_table(
 def quantize_model(
     model: nn.Module,
     counts: Mapping[str, int],
-    M: int,
+    M: int | str,
     ksub: int,
     targets: Sequence[str] = ("user", "item"),
     seed: int = 0,
@@ -66,6 +66,8 @@ def quantize_model(
     """
     config = JPQConfig(M=M, ksub=ksub, targets=tuple(targets))
     refs = find_id_tables(model, counts, config.id_targets)
+    config = config.for_dims(r.shape[1] for r in refs)  # M "auto": the plugin's one default, d / 4
+    M = config.M
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)
     entries, lines = [], []

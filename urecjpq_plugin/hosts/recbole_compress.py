@@ -1,6 +1,6 @@
 """``urecjpq compress``: turn a trained, uncompressed RecBole checkpoint into a JPQ one.
 
-    urecjpq compress saved/BPR-Jan-01-2025_00-00-00.pth --out bpr-jpq.pth --M 8 --ksub 256
+    urecjpq compress saved/BPR-Jan-01-2025_00-00-00.pth --out bpr-jpq.pth [--M auto] [--ksub 256]
     urecjpq compress CHECKPOINT --out OUT --finetune-epochs 10
 
 The model is rebuilt as it was trained (uncompressed) and its weights loaded; then every ID table the
@@ -25,14 +25,23 @@ from ..compress import CompressError, quantize_model
 from ..config import JPQConfig, jpq_enabled, parse_list
 
 
-# k-means PQ of an already trained table; jpq_M's "auto" is for tables trained compressed.
-POSTHOC_M = 8
+def _M(text: str) -> int | str:
+    from ..config import AUTO
+
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise CompressError(f"--M {text!r} is invalid; give a positive integer or auto") from None
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="urecjpq compress", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="RecBole checkpoint (.pth) of a model trained without jpq")
     p.add_argument("--out", required=True, help="where to write the JPQ checkpoint (must not exist)")
-    p.add_argument("--M", type=int, default=POSTHOC_M, help="splits per code (default %(default)s)")
+    p.add_argument("--M", type=_M, default=JPQConfig.M,
+                   help="splits per code: auto (the plugin's default, embedding size / 4) or an integer")
     p.add_argument("--ksub", type=int, default=JPQConfig.ksub, help="sub-ids per split (default %(default)s)")
     p.add_argument("--targets", default="user,item", help="tables to compress: user, item or both (default %(default)s)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="RecBole training epochs after compression")
@@ -75,7 +84,7 @@ def _save(path: str, config: Any, model: torch.nn.Module, epoch: int) -> None:
 def compress_checkpoint(
     checkpoint_path: str,
     out: str,
-    M: int = POSTHOC_M,
+    M: int | str = JPQConfig.M,
     ksub: int = JPQConfig.ksub,
     targets: Sequence[str] = ("user", "item"),
     finetune_epochs: int = 0,
@@ -118,7 +127,8 @@ def compress_checkpoint(
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     counts = {"user": train_data._dataset.user_num, "item": train_data._dataset.item_num}
-    _, lines = quantize_model(model, counts, M, ksub, jcfg.targets, seed=seed, iters=kmeans_iters)
+    report, lines = quantize_model(model, counts, M, ksub, jcfg.targets, seed=seed, iters=kmeans_iters)
+    M = report.M  # auto resolved from the tables' width
     from .recbole_topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # as a model built with jpq: true
