@@ -1,5 +1,7 @@
 """DAMRS's item_graph_dict_<k>.npy, built from the training split (no MMRec needed)."""
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -57,14 +59,25 @@ class Loader:
         return self.R.asformat(form)
 
 
-def test_ensure_item_graph_writes_what_damrs_loads_once(tmp_path):
+def test_ensure_item_graph_writes_what_damrs_loads_once_outside_the_users_data(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("URECJPQ_CACHE", str(tmp_path / "cache"))
     R = training_matrix(1)
     (tmp_path / "toy").mkdir()
     config = Config(data_path=f"{tmp_path}/", dataset="toy", item_graph_dict_file="item_graph_dict_2.npy")
     loader = Loader(R)
     path = mmrec_compat.ensure_item_graph(config, loader)
-    assert path == str(tmp_path / "toy" / "item_graph_dict_2.npy")
-    loaded = np.load(path, allow_pickle=True).item()  # DAMRS's own read
+    assert path.startswith(str(tmp_path / "cache")) and path.endswith("item_graph_dict_2.npy")
+    assert not list((tmp_path / "toy").iterdir())  # the user's dataset folder is left as it was
+    # DAMRS's own read: os.path.join(dataset folder, config's file name), which the absolute path wins
+    loaded = np.load(os.path.join(str(tmp_path / "toy"), config["item_graph_dict_file"]), allow_pickle=True).item()
     assert loaded == mmrec_compat.item_graph_dict(R, top=2)
-    assert mmrec_compat.ensure_item_graph(config, loader) == path and loader.calls == 1  # kept, not rebuilt
-    assert [p.name for p in (tmp_path / "toy").iterdir()] == ["item_graph_dict_2.npy"]  # no temp file left
+    fresh = Config(data_path=f"{tmp_path}/", dataset="toy", item_graph_dict_file="item_graph_dict_2.npy")
+    assert mmrec_compat.ensure_item_graph(fresh, loader) == path  # reused from the cache, not rebuilt
+    assert [p.name for p in Path(path).parent.iterdir()] == ["item_graph_dict_2.npy"]  # no temp file left
+    # A dataset that ships its own file keeps it.
+    own = tmp_path / "toy" / "item_graph_dict_2.npy"
+    np.save(own, {0: [1]}, allow_pickle=True)
+    assert mmrec_compat.ensure_item_graph(Config(data_path=f"{tmp_path}/", dataset="toy",
+                                                 item_graph_dict_file="item_graph_dict_2.npy"), loader) == str(own)

@@ -14,11 +14,12 @@ what MMRec needs and says why:
 - DualGNN/DRAGON keep ``result_embed`` (a cache of the last forward) as an ``nn.Parameter`` and
   later assign a plain tensor to it, which ``nn.Module`` refuses on CPU (on GPU ``.to(device)``
   had already turned it into a plain tensor): :func:`after_init` makes it the plain tensor it is on GPU.
-- DualGNN/DRAGON read ``user_graph_dict.npy``: :func:`ensure_user_graph` writes it, when missing,
-  with the computation of MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` (user-user
+- DualGNN/DRAGON read ``user_graph_dict.npy``: when the dataset folder lacks it,
+  :func:`ensure_user_graph` builds it in the plugin's cache (never the user's data folder) and points
+  the config's file name there, with the computation of MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` (user-user
   co-interaction counts on the training split, each user's top 200 neighbours).
 - DAMRS reads ``item_graph_dict_2.npy``, which no MMRec script makes: :func:`ensure_item_graph`
-  writes it, when missing, as DA-MRS's own ``build_iib_graph.py`` does (item-item counts of shared
+  builds it the same way (in the cache, when missing), as DA-MRS's own ``build_iib_graph.py`` does (item-item counts of shared
   training users, pairs sharing at least 2, each item's top ``k`` with ``k`` from the file name).
 - ``torch_scatter`` (SLMRec imports ``scatter``; MGCN and SMORE reach ``scatter_add`` through
   ``utils.get_sparse_laplacian``): a compiled package; when it does not import,
@@ -216,26 +217,44 @@ def _save_dict_once(path: str, graph: dict) -> None:
     os.replace(tmp, path)  # atomic: a concurrent run never reads half a file
 
 
-def ensure_user_graph(config: Any, dataloader: Any) -> str:
-    """Write ``user_graph_dict.npy`` from the training split when the dataset folder lacks it."""
-    path = os.path.join(_dataset_dir(config), str(config["user_graph_dict_file"] or "user_graph_dict.npy"))
-    if os.path.exists(path):
-        return path
-    _save_dict_once(path, user_graph_dict(dataloader.inter_matrix(form="csr")))
-    getLogger().info(f"urecjpq: wrote {path} (user-user co-interaction graph of the training split, top {USER_GRAPH_TOP})")
-    return path
+def graph_cache_file(config: Any, name: str, interactions: Any) -> str:
+    """Where a graph file the dataset folder lacks is built: the plugin's cache (``$URECJPQ_CACHE`` or
+    ``~/.cache/urecjpq``), keyed by the dataset and a digest of its training matrix, never the user's data."""
+    import hashlib
+
+    csr = interactions.tocsr()
+    digest = hashlib.sha1(np.ascontiguousarray(csr.indptr).tobytes() + np.ascontiguousarray(csr.indices).tobytes())
+    root = os.environ.get("URECJPQ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "urecjpq")
+    folder = os.path.join(root, "mmrec-graphs", f"{config['dataset']}-{digest.hexdigest()[:16]}")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, os.path.basename(name))
 
 
-def ensure_item_graph(config: Any, dataloader: Any) -> str:
-    """Write DAMRS's ``item_graph_dict_file`` (default ``item_graph_dict_2.npy``) from the training split when missing."""
-    name = str(config["item_graph_dict_file"] or f"item_graph_dict_{ITEM_GRAPH_DEFAULT_TOP}.npy")
+def _ensure_graph(config: Any, dataloader: Any, key: str, name: str, build, what: str) -> str:
+    """The dataset folder's own file when it has one; else one built in the cache, and ``config[key]``
+    pointed at it (MMRec joins it to the dataset folder, and an absolute path wins that join)."""
     path = os.path.join(_dataset_dir(config), name)
     if os.path.exists(path):
         return path
-    top = item_graph_top(name)
-    _save_dict_once(path, item_graph_dict(dataloader.inter_matrix(form="csr"), top))
-    getLogger().info(
-        f"urecjpq: wrote {path} (item-item graph of the training split: items sharing >= {ITEM_GRAPH_MIN_SHARED} "
-        f"users, top {top})"
-    )
+    R = dataloader.inter_matrix(form="csr")
+    path = graph_cache_file(config, name, R)
+    if not os.path.exists(path):
+        _save_dict_once(path, build(R))
+        getLogger().info(f"urecjpq: wrote {path} ({what})")
+    config[key] = path
     return path
+
+
+def ensure_user_graph(config: Any, dataloader: Any) -> str:
+    """DualGNN/DRAGON's ``user_graph_dict_file``: the dataset's own, else built from the training split."""
+    name = str(config["user_graph_dict_file"] or "user_graph_dict.npy")
+    return _ensure_graph(config, dataloader, "user_graph_dict_file", name, user_graph_dict,
+                         f"user-user co-interaction graph of the training split, top {USER_GRAPH_TOP}")
+
+
+def ensure_item_graph(config: Any, dataloader: Any) -> str:
+    """DAMRS's ``item_graph_dict_file`` (default ``item_graph_dict_2.npy``): the dataset's own, else built."""
+    name = str(config["item_graph_dict_file"] or f"item_graph_dict_{ITEM_GRAPH_DEFAULT_TOP}.npy")
+    top = item_graph_top(name)
+    return _ensure_graph(config, dataloader, "item_graph_dict_file", name, lambda R: item_graph_dict(R, top),
+                         f"item-item graph of the training split: items sharing >= {ITEM_GRAPH_MIN_SHARED} users, top {top}")
