@@ -148,11 +148,20 @@ def test_host_budget_leaves_recbole_defaults_alone():
      (["--M", "7"], "not a multiple of jpq_M=7"), (["--targets", "user+thing"], "thing"),
      (["--dataset", "no-such-data"], "no-such-data"), (["--seeds", "1,1"], "--seeds"),
      (["--epochs", "0"], "--epochs"), (["--jobs", "0"], "--jobs 0"), (["--threads", "0"], "--threads 0"),
-     (["--threads", "-1"], "--threads -1")],
+     (["--threads", "-1"], "--threads -1"), (["--timeout", "0"], "--timeout 0")],
 )
 def test_bad_options_are_one_line_errors(argv, word):
     with pytest.raises(URecJPQError, match=word) as err:
         run.plan(run.parse_args(argv))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv, word", [(["--threads", "0"], "--threads 0"), (["--batch", "0"], "--batch 0"),
+                                        (["--epochs", "-1"], "--epochs -1"), (["--per-user", "0"], "--per-user 0"),
+                                        (["--lr", "0"], "--lr 0")])
+def test_bench_scale_bad_counts_are_one_line(argv, word):
+    with pytest.raises(URecJPQError, match=word) as err:
+        scale.plan(scale.parse_args(["--sizes", "1e4", *argv]))
     assert "\n" not in str(err.value)
 
 

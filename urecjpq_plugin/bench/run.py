@@ -112,6 +112,8 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     if args.host == "mmrec" and not args.mmrec_src:
         raise JPQConfigError("--host mmrec needs --mmrec-src (the MMRec checkout's src/ folder)")
     check_runner_exists(args.host)
+    if args.timeout is not None and not args.timeout > 0:
+        raise JPQConfigError(f"--timeout {args.timeout} is invalid; it must be above 0 seconds")
     if args.threads is not None and args.threads < 1:
         raise JPQConfigError(f"--threads {args.threads} is invalid; it must be 1 or more (threads per run)")
     if args.jobs < 1:

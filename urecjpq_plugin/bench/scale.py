@@ -103,6 +103,14 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         except ValueError:
             raise JPQConfigError(f"--M {args.M!r} is not an integer or auto") from None
     JPQConfig(M=args.M, ksub=args.ksub).check_dim(args.d, "--d")
+    for flag in ("d", "threads", "batch", "max_steps", "eval_users", "clusters"):  # counts: 1 or more
+        if getattr(args, flag) < 1:
+            raise JPQConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is invalid; it must be 1 or more")
+    for flag in ("epochs", "lr"):
+        if not getattr(args, flag) > 0:
+            raise JPQConfigError(f"--{flag} {getattr(args, flag)} is invalid; it must be above 0")
+    if args.per_user is not None and args.per_user < 1:
+        raise JPQConfigError(f"--per-user {args.per_user} is invalid; it must be 1 or more")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in ("base", "jpq")]
     if bad or not variants:
