@@ -26,11 +26,14 @@ logger = logging.getLogger("urecjpq_plugin")
 SPARSE_DEGREE = 12.0
 
 
+def interactions_per_id(interactions: Any) -> float:
+    """Training interactions per ID, users and items together: ``2 nnz / (users + items)``."""
+    return 2 * interactions.nnz / max(sum(interactions.shape), 1)
+
+
 def resolve_auto(interactions: Any) -> str:
     """``svd_pq`` for a sparse training matrix (few interactions per ID), else ``svd``."""
-    n_users, n_items = interactions.shape
-    degree = 2 * interactions.nnz / max(n_users + n_items, 1)
-    return "svd_pq" if degree < SPARSE_DEGREE else "svd"
+    return "svd_pq" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"
 
 
 def assign_codes(
@@ -65,7 +68,7 @@ def assign_codes(
                              "nothing to learn from; give the training interactions, or use random")
     if how == AUTO:
         how = resolve_auto(inter)
-        logger.info(f"urecjpq: jpq_code_assign=auto -> {how} ({2 * inter.nnz / max(sum(inter.shape), 1):.1f} "
+        logger.info(f"urecjpq: jpq_code_assign=auto -> {how} ({interactions_per_id(inter):.1f} "
                     f"training interactions per ID; svd_pq below {SPARSE_DEGREE:g})")
     if how == "svd":
         user, item = svd_codes(inter, M, ksub, seed)

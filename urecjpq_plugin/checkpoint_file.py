@@ -67,10 +67,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _restricted_pickle(path: str) -> types.ModuleType:
     """A ``pickle_module`` for ``torch.load`` whose Unpickler refuses unknown globals."""
-    module = types.ModuleType("urecjpq_restricted_pickle")
+    module = types.ModuleType("pickle")  # torch reads pickle_module.__name__ for its protocol handling
     module.Unpickler = type("Unpickler", (_RestrictedUnpickler,), {"path": path})
     module.load = lambda fh, **kw: module.Unpickler(fh, **kw).load()
-    module.__name__ = "pickle"  # torch checks pickle_module.__name__ for its protocol handling
     return module
 
 

@@ -26,10 +26,15 @@ class PresplitError(URecJPQError):
     """A pre-split dataset file cannot be read as MMRec's format."""
 
 
+def cache_root() -> Path:
+    """The plugin's one cache folder for files it derives from a user's data: ``$URECJPQ_CACHE`` or
+    ``~/.cache/urecjpq`` (never the data's own folder)."""
+    return Path(os.environ.get("URECJPQ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "urecjpq"))
+
+
 def default_cache() -> Path:
-    """Where converted copies go unless a caller names a folder (``$URECJPQ_CACHE`` or ~/.cache)."""
-    root = os.environ.get("URECJPQ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "urecjpq")
-    return Path(root) / "recbole-data"
+    """Where converted copies go unless a caller names a folder."""
+    return cache_root() / "recbole-data"
 
 
 def mmrec_inter_file(name: str, data_path: str | os.PathLike | None) -> Path | None:

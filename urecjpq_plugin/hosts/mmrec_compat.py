@@ -222,10 +222,11 @@ def graph_cache_file(config: Any, name: str, interactions: Any) -> str:
     ``~/.cache/urecjpq``), keyed by the dataset and a digest of its training matrix, never the user's data."""
     import hashlib
 
+    from ..data.presplit import cache_root
+
     csr = interactions.tocsr()
     digest = hashlib.sha1(np.ascontiguousarray(csr.indptr).tobytes() + np.ascontiguousarray(csr.indices).tobytes())
-    root = os.environ.get("URECJPQ_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "urecjpq")
-    folder = os.path.join(root, "mmrec-graphs", f"{config['dataset']}-{digest.hexdigest()[:16]}")
+    folder = os.path.join(cache_root(), "mmrec-graphs", f"{config['dataset']}-{digest.hexdigest()[:16]}")
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, os.path.basename(name))
 
