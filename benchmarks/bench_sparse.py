@@ -1,14 +1,15 @@
 """Learning curves and code diagnostics of BPR, uncompressed against compressed, on a pre-split dataset.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_sparse.py --data ../shared/datasets/baby/baby.inter \
-        [--variants svd@0,auto] [--seeds 2020,2021,2022] [--out docs/results/baby-curves]
+        [--variants svd@0:0,auto:0,auto] [--seeds 2020,2021,2022] [--out docs/results/baby-curves]
 
 Plain PyTorch BPR with RecBole's training defaults (xavier-normal tables, Adam lr 0.001, batch 2048,
 one uniform negative per positive, full-sort validation recall@20 after every epoch, early stopping
 after 10 epochs without gain, test on the best epoch), so that every epoch's curve is at hand. The
 compressed variants go through the plugin's public API (``apply_jpq`` with the training matrix);
-a variant is a ``jpq_code_assign`` value, optionally ``@`` a ``jpq_split_dropout`` (``svd@0``: the
-defaults before sparse catalogues were measured; ``auto``: today's defaults).
+a variant is a ``jpq_code_assign`` value, optionally ``@`` a ``jpq_split_dropout`` and ``:`` a
+``jpq_degree_scale`` (``svd@0:0``: the defaults before sparse catalogues were measured; ``auto:0``:
+svd_pq codes and split dropout without the degree scale; ``auto``: today's defaults).
 Per variant and seed it records, per epoch: train loss, valid recall@20 and NDCG@20, the share of
 the 100 most popular items in the top-20 lists, and catalogue coverage of the top-20 lists. Then:
 
@@ -99,10 +100,18 @@ def evaluate(users_w, items_w, seen: sp.csr_matrix, target: sp.csr_matrix, top10
             "top100_share": float(np.isin(tops, top100).mean()), "coverage": len(np.unique(tops)) / items_w.shape[0]}
 
 
+def parse_variant(variant: str) -> tuple[str, str, str]:
+    """``code_assign[@split_dropout][:degree_scale]`` -> its three parts ('' where not given)."""
+    rest, _, scale = variant.partition(":")
+    code, _, dropout = rest.partition("@")
+    return code, dropout, scale
+
+
 def variant_config(variant: str, M, ksub: int, seed: int) -> JPQConfig:
-    """``code_assign[@split_dropout]`` -> the JPQConfig it names (defaults elsewhere)."""
-    code, _, dropout = variant.partition("@")
+    """``code_assign[@split_dropout][:degree_scale]`` -> the JPQConfig it names (defaults elsewhere)."""
+    code, dropout, scale = parse_variant(variant)
     extra = {"split_dropout": float(dropout)} if dropout else {}
+    extra.update({"degree_scale": float(scale)} if scale else {})
     return JPQConfig(M=M, ksub=ksub, code_assign=code, seed=seed, **extra)
 
 
@@ -172,9 +181,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         curves = [[p["recall@20"] for p in r["curve"]] for r in results if r["variant"] == variant]
         length = max(map(len, curves))
         mean = [np.mean([c[e] for c in curves if e < len(c)]) for e in range(length)]
-        code, _, dropout = variant.partition("@")
+        code, dropout, scale = parse_variant(variant)
         label = variant if variant == "uncompressed" else (
-            f"jpq, codes {code}, split dropout {dropout or JPQConfig.split_dropout}")
+            f"jpq, codes {code}, split dropout {dropout or JPQConfig.split_dropout}, degree scale {scale or 'auto'}")
         ax.plot(range(length), mean, marker=".", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid recall@20 (mean over seeds)")
@@ -188,8 +197,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="MMRec-format <name>.inter (x_label 0/1/2)")
-    p.add_argument("--variants", default="svd@0,auto",
-                   help="compressed variants: jpq_code_assign[@jpq_split_dropout], comma-separated")
+    p.add_argument("--variants", default="svd@0:0,auto:0,auto",
+                   help="compressed variants: jpq_code_assign[@jpq_split_dropout][:jpq_degree_scale], comma-separated")
     p.add_argument("--seeds", default="2020,2021,2022")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--patience", type=int, default=10)

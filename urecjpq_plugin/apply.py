@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .assign import assign_codes
+from .assign import assign_codes, degree_scales
 from .codes import as_codes
 from .config import ID_TARGETS, JPQConfig, JPQConfigError, URecJPQError
 from .inject import (
@@ -213,7 +213,7 @@ def apply_jpq(
     else:
         by_entity, how = _assigned_codes(config, counts, entities, interactions), config.code_assign
     before = count_trainable(model)
-    records = inject_jpq(model, refs, by_entity.__getitem__, config)
+    records = inject_jpq(model, refs, by_entity.__getitem__, config, lambda: degree_scales(config, interactions))
     return _report(model, records, config.M, config.ksub, how, before)
 
 
@@ -247,8 +247,16 @@ def jpq_state_dict(model: nn.Module) -> dict:
             "rows": module.num_embeddings, "dim": module.embedding_dim, "M": module.M, "ksub": module.ksub,
             "padding_idx": module.padding_idx, "split_dropout": module.split_dropout,
             "codes": module.codes.detach(), "sub_embeddings": module.sub_embeddings.detach(),
+            **({} if module.row_scale is None else {"row_scale": module.row_scale.detach()}),
         })
     return {"format": STATE_FORMAT, "tables": tables}
+
+
+def _load_row_scale(module: JPQEmbedding, entry: Mapping, path: str) -> None:
+    try:
+        module.set_row_scale(entry.get("row_scale"))
+    except JPQConfigError as err:
+        raise JPQCheckpointError(f"checkpoint table {path!r}: {err}") from None
 
 
 def _entries(state: Any) -> list[dict]:
@@ -331,6 +339,7 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
         new = new.to(device=table.device, dtype=table.dtype)
         with torch.no_grad():
             new.sub_embeddings.copy_(entry["sub_embeddings"])
+        _load_row_scale(new, entry, path)
         new.sub_embeddings.requires_grad_(table.requires_grad)
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
     for entry, codes in checked:
@@ -339,6 +348,7 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
             with torch.no_grad():
                 module.codes.copy_(codes)
                 module.sub_embeddings.copy_(entry["sub_embeddings"])
+            _load_row_scale(module, entry, entry["path"])
             module.split_dropout = float(entry.get("split_dropout", module.split_dropout))
     for ref, new, _ in built:
         swap_table(model, ref, new)

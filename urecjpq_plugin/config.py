@@ -9,6 +9,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq_code_assign: auto     # auto | svd_pq | svd | random | features | features_svd
     jpq_targets: [user, item] # which tables to compress (also: image, text)
     jpq_split_dropout: 0.1    # training: drop each split of a looked-up code at this rate
+    jpq_degree_scale: auto    # scale each ID's row by its training degree: sqrt(n / (n + c * mean n)); 0 = off
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SPLIT_DROPOUT = 0.1
 MAX_KSUB = 2**16
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
 # jpq_* key is a typo and stops the run rather than training with a default.
-OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_tables")  # uint16 codes; faiss's IndexPQ export and the README stop here too
+OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_degree_scale",
+               "jpq_tables")  # uint16 codes; faiss's IndexPQ export and the README stop here too
 
 
 class URecJPQError(ValueError):
@@ -87,6 +89,7 @@ class JPQConfig:
     targets: tuple[str, ...] = field(default=ID_TARGETS)
     seed: int = 2020
     split_dropout: float = SPLIT_DROPOUT
+    degree_scale: float | str = AUTO  # c of the degree scale (see assign.degree_scales); auto: by density
     dim: int | None = None  # the tables' width, set by for_dims (svd_pq's SVD rank)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,14 @@ class JPQConfig:
         ):
             raise JPQConfigError(
                 f"jpq_split_dropout={self.split_dropout!r} is invalid; it must be a number in [0, 1) (0 turns it off)"
+            )
+        if isinstance(self.degree_scale, str) and self.degree_scale.strip().lower() == AUTO:
+            object.__setattr__(self, "degree_scale", AUTO)
+        elif isinstance(self.degree_scale, bool) or not isinstance(self.degree_scale, (int, float)) or not (
+            math.isfinite(self.degree_scale) and self.degree_scale >= 0
+        ):
+            raise JPQConfigError(
+                f"jpq_degree_scale={self.degree_scale!r} is invalid; it must be {AUTO!r} or a number >= 0 (0 turns it off)"
             )
         targets = parse_list(self.targets)
         object.__setattr__(self, "targets", targets)
@@ -182,9 +193,16 @@ class JPQConfig:
             dropout = float(dropout) if isinstance(dropout, str) else dropout
         except ValueError:
             raise JPQConfigError(f"jpq_split_dropout={dropout!r} is not a number; use a value in [0, 1)") from None
+        degree_scale = get("jpq_degree_scale", cls.degree_scale)
+        if isinstance(degree_scale, str) and degree_scale.strip().lower() != AUTO:
+            try:
+                degree_scale = float(degree_scale)
+            except ValueError:
+                raise JPQConfigError(f"jpq_degree_scale={degree_scale!r} is not a number; use {AUTO!r} or a number >= 0") from None
         return cls(
             M=as_int("jpq_M", cls.M),
             split_dropout=dropout,
+            degree_scale=degree_scale,
             ksub=as_int("jpq_ksub", cls.ksub),
             code_assign=str(get("jpq_code_assign", cls.code_assign)),
             targets=parse_list(get("jpq_targets", ID_TARGETS)),

@@ -55,6 +55,9 @@ def to_faiss_index(
     """A filled, trained ``faiss.IndexPQ`` (inner product) holding ``table``'s rows as PQ codes."""
     faiss = _faiss()
     if table is not None:
+        if table.row_scale is not None:
+            raise ExportError("this table has a per-ID row scale (jpq_degree_scale), which a faiss IndexPQ cannot "
+                              "hold; serve it with JPQEmbedding.topk, or train with jpq_degree_scale: 0")
         codes, sub_embeddings = table.codes, table.sub_embeddings
     if codes is None or sub_embeddings is None:
         raise ExportError("give a JPQEmbedding, or both codes [N, M] and sub_embeddings [M, ksub, dsub]")
@@ -79,7 +82,9 @@ def load_table(checkpoint: str, name: str) -> JPQEmbedding:
     tables = sorted(k[: -len(".sub_embeddings")] for k in state if k.endswith(".sub_embeddings"))
     if name not in tables:
         raise ExportError(f"--table {name!r} is not a JPQ table of {checkpoint!r}; JPQ tables there: {tables or 'none'}")
-    return JPQEmbedding.from_centroids(state[f"{name}.codes"], state[f"{name}.sub_embeddings"])
+    table = JPQEmbedding.from_centroids(state[f"{name}.codes"], state[f"{name}.sub_embeddings"])
+    table.set_row_scale(state.get(f"{name}.row_scale"))
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:

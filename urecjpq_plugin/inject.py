@@ -318,11 +318,13 @@ def inject_jpq(
     refs: list[TableRef],
     codes_for: Callable[[str], torch.Tensor],
     config: JPQConfig,
+    row_scales: Callable[[], Mapping[str, torch.Tensor]] | None = None,
 ) -> list[SwapRecord]:
     """Validate every table, then swap each for a :class:`JPQEmbedding` sharing its entity's codes.
 
     ``codes_for(entity)`` returns ``[rows, M]`` codes; it is called once per entity, after all
-    tables have passed the checks, so bad settings fail before any work or change.
+    tables have passed the checks, so bad settings fail before any work or change. ``row_scales()``
+    (called once, then) gives per-entity row scales (:func:`~urecjpq_plugin.assign.degree_scales`).
     """
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)
@@ -334,6 +336,7 @@ def inject_jpq(
                 f"codes for {ref.entity} have shape {tuple(codes[ref.entity].shape)}; "
                 f"table {ref.path} needs {(ref.shape[0], config.M)}"
             )
+    scales = dict(row_scales()) if row_scales is not None else {}
     built = []  # every new table first: a check in JPQEmbedding's constructor fails before any swap
     for ref in refs:
         parent, leaf = _resolve(model, ref.path)
@@ -341,6 +344,7 @@ def inject_jpq(
         new = JPQEmbedding.from_table(
             table, codes[ref.entity].to(table.device), config.ksub, padding_idx, config.split_dropout
         )
+        new.set_row_scale(scales.get(ref.entity))
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
     for ref, new, _ in built:
         swap_table(model, ref, new)

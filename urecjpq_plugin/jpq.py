@@ -77,6 +77,11 @@ class JPQEmbedding(nn.Module):
             dropping splits makes every split carry the ID on its own. The measured effect is small
             (README, "Sparse catalogues"): RecBole BPR on Amazon Baby -11.0 % -> -10.7 % recall@20 vs
             uncompressed, on ml-100k +1.0 % over no dropout (3 seeds each).
+
+    An optional per-ID ``row_scale`` (:meth:`set_row_scale`; a uint8 buffer, level / 255) multiplies each
+    decoded row: the evidence (degree) scale of sparse catalogues, see :func:`~urecjpq_plugin.assign.degree_scales`.
+    Shared sub-embeddings give an ID seen once the same norm as a popular one; an uncompressed table
+    keeps such rows near their small initial values, which is the popularity prior the scale restores.
     """
 
     def __init__(
@@ -100,6 +105,36 @@ class JPQEmbedding(nn.Module):
         self.register_buffer("offsets", torch.arange(M) * ksub, persistent=False)
         self.sub_embeddings = nn.Parameter(torch.empty(M, ksub, self.dsub))
         nn.init.uniform_(self.sub_embeddings, -0.05, 0.05)  # RecJPQ's default
+        self.register_buffer("row_scale", None)  # optional uint8 [num_embeddings]; see set_row_scale
+
+    def set_row_scale(self, scale: torch.Tensor | None) -> None:
+        """Multiply each decoded row by ``scale [num_embeddings]`` in [0, 1], stored as uint8 levels of 1/255
+        (1 byte per ID beside the M code bytes); ``None`` removes it."""
+        if scale is None:
+            self.row_scale = None
+            return
+        scale = torch.as_tensor(scale)
+        if scale.shape != (self.num_embeddings,):
+            raise JPQConfigError(f"row_scale has shape {tuple(scale.shape)}; this table needs ({self.num_embeddings},)")
+        if scale.is_floating_point():
+            if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()) or bool((scale > 1).any()):
+                raise JPQConfigError("row_scale must hold finite values in [0, 1]")
+            scale = scale.mul(255).round_()
+        self.row_scale = scale.to(device=self.codes.device, dtype=torch.uint8)
+
+    def _row_scale_of(self, ids: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """``[n, 1]`` multipliers of ``ids`` (all rows when ``None``), or ``None`` without a row scale."""
+        if self.row_scale is None:
+            return None
+        levels = self.row_scale if ids is None else self.row_scale.index_select(0, ids)
+        return levels.to(dtype).div_(255).unsqueeze(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A checkpoint with a row scale loads into a table built without one (placeholder codes on load).
+        key = prefix + "row_scale"
+        if self.row_scale is None and key in state_dict:
+            self.row_scale = torch.zeros(self.num_embeddings, dtype=torch.uint8, device=self.codes.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_table(
@@ -145,7 +180,7 @@ class JPQEmbedding(nn.Module):
         return codes.reshape(-1, self.M).to(torch.int64, copy=True).add_(self.offsets).reshape(-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings)."""
+        """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings; a row scale belongs to ids, not codes)."""
         return self._gather(codes, None).view(*codes.shape[:-1], self.embedding_dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -166,6 +201,8 @@ class JPQEmbedding(nn.Module):
             is_padding = None if self.padding_idx is None else flat_ids == self.padding_idx
             # index_select: ~5x faster than codes[ids]
             rows = self._gather(self.codes.index_select(0, flat_ids), is_padding)
+            scale = self._row_scale_of(flat_ids, rows.dtype)
+            rows = rows if scale is None else rows * scale
         return self._drop_splits(rows).view(*ids.shape, self.embedding_dim)
 
     def _drop_splits(self, rows: torch.Tensor) -> torch.Tensor:
@@ -193,7 +230,9 @@ class JPQEmbedding(nn.Module):
         is_padding = None
         if self.padding_idx is not None:
             is_padding = torch.arange(self.num_embeddings, device=self.codes.device) == self.padding_idx
-        return self._gather(self.codes, is_padding)
+        rows = self._gather(self.codes, is_padding)
+        scale = self._row_scale_of(None, rows.dtype)
+        return rows if scale is None else rows * scale
 
     @property
     def weight(self) -> torch.Tensor:
@@ -263,8 +302,9 @@ class JPQEmbedding(nn.Module):
     def _weight_stamp(self) -> tuple:
         # Version counters move on every in-place change (optimizer steps, load_state_dict);
         # data_ptr/dtype catch replaced storage (.to(), .data = ...).
-        sub, codes = self._parameters["sub_embeddings"], self._buffers["codes"]
-        return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr())
+        sub, codes, scale = self._parameters["sub_embeddings"], self._buffers["codes"], self._buffers["row_scale"]
+        scale_stamp = None if scale is None else (scale._version, scale.data_ptr())
+        return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr(), scale_stamp)
 
     def __getstate__(self) -> dict:
         # Decoded tables are caches (the per-step one carries an autograd graph: no copy, no pickle).
@@ -287,23 +327,29 @@ class JPQEmbedding(nn.Module):
             # Evaluation of a small catalogue, a few queries per call (RecBole: two users a batch on
             # ml-100k): the decoded table cached on this module makes it the uncompressed q @ W.T.
             return queries.to(self.sub_embeddings.dtype) @ self.weight.T
-        return scores_from_codes(queries, self.sub_embeddings, self.codes, self.padding_idx)
+        scores = scores_from_codes(queries, self.sub_embeddings, self.codes, self.padding_idx)
+        scale = self._row_scale_of(None, scores.dtype)
+        return scores if scale is None else scores * scale.view(*([1] * (scores.dim() - 1)), -1)
 
     def topk(self, queries: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` rows by dot product with ``queries [B, d]``, best first, never ``padding_idx`` nor an
         ``exclude``d item; bounded memory (faiss/torch scan or chunked matmul, see ``topk_from_codes``)."""
         from .topk import topk_from_codes
 
-        return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx)
+        return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx,
+                               row_scale=self._row_scale_of(None, self.sub_embeddings.dtype))
 
     # -- sizes ----------------------------------------------------------------------------------
     def compact_bytes(self) -> int:
         """Bytes of codes plus sub-embeddings (what the checkpoint stores)."""
-        return self.codes.numel() * self.codes.element_size() + self.sub_embeddings.numel() * self.sub_embeddings.element_size()
+        scale_bytes = 0 if self.row_scale is None else self.row_scale.numel()
+        return (self.codes.numel() * self.codes.element_size() + scale_bytes
+                + self.sub_embeddings.numel() * self.sub_embeddings.element_size())
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         pad += f", split_dropout={self.split_dropout:g}" if self.split_dropout else ""
+        pad += ", row_scale" if self.row_scale is not None else ""
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, M={self.M}, ksub={self.ksub}, "
             f"codes={str(self.codes.dtype).replace('torch.', '')}{pad}"

@@ -246,7 +246,12 @@ def _mask(scores: torch.Tensor, start: int, padding_idx: int | None, pairs) -> N
             scores[rows[lo:hi], cols[lo:hi] - start] = float("-inf")
 
 
-def _scan_topk(S, codes, k, chunk, padding_idx, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+def _scaled(scores: torch.Tensor, start: int, row_scale: torch.Tensor | None) -> torch.Tensor:
+    """``[B, n]`` chunk scores times the items' row scales (``[N]``), when the table has them."""
+    return scores if row_scale is None else scores.mul_(row_scale[start : start + scores.shape[1]])
+
+
+def _scan_topk(S, codes, k, chunk, padding_idx, pairs, row_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch lookup-table scan, one query at a time (its pair tables are 1 MiB per query)."""
     M, batch, _ = S.shape
     n_items = codes.shape[0]
@@ -267,17 +272,17 @@ def _scan_topk(S, codes, k, chunk, padding_idx, pairs) -> tuple[torch.Tensor, to
                 scores = kernels.pair_scores(P, part, out[: part.shape[0]])
             else:
                 scores = item_major_scores(S[:, b : b + 1], part)[:, 0]
-            scores = scores.unsqueeze(0)
+            scores = _scaled(scores.unsqueeze(0), start, row_scale)
             _mask(scores, start, padding_idx, mine)
             best.add(scores, start)
         results.append((best.values, best.indices))
     return torch.cat([v for v, _ in results]), torch.cat([i for _, i in results])
 
 
-def _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs):
+def _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs, row_scale=None):
     best = _RunningTopK(k)
     for start in range(0, codes.shape[0], chunk):
-        scores = queries @ kernels.decode_rows(sub_embeddings, codes[start : start + chunk]).T
+        scores = _scaled(queries @ kernels.decode_rows(sub_embeddings, codes[start : start + chunk]).T, start, row_scale)
         _mask(scores, start, padding_idx, pairs)
         best.add(scores, start)
     return best.values, best.indices
@@ -314,6 +319,7 @@ def topk_from_codes(
     chunk_size: int | None = None,
     padding_idx: int | None = None,
     method: str = "auto",
+    row_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` items per query by dot product with the decoded rows, best first: ``(values, indices)``,
     each ``[B, k]``; no ``[B, N]`` matrix and no decoded table (memory ``O(B * (k + chunk))``).
@@ -322,9 +328,17 @@ def topk_from_codes(
     pairs (see :func:`_exclusion_pairs`) and ``padding_idx`` never returned (a ``-inf`` value marks a
     filler slot when a query has fewer than ``k`` allowed items). ``method``: ``"auto"`` (cheapest by
     :func:`choose_method`), ``"faiss"``, ``"lut"`` (torch scan) or ``"matmul"``. No gradient.
+    ``row_scale``: per-item multipliers ``[N]`` (or ``[N, 1]``) of a table with a row scale; faiss's
+    scan has no place for them, so the torch scan or matmul runs instead.
     """
     _check(queries, sub_embeddings, codes)
     n_items = codes.shape[0]
+    if row_scale is not None:
+        row_scale = row_scale.reshape(-1).to(device=codes.device, dtype=sub_embeddings.dtype)
+        if row_scale.shape[0] != n_items:
+            raise TopKError(f"row_scale has {row_scale.shape[0]} entries; the codes have {n_items} items")
+        if method == "faiss":
+            raise TopKError("method='faiss' cannot apply a row scale; use auto, lut or matmul")
     valid = n_items - (padding_idx is not None)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= valid:
         raise TopKError(f"k={k!r} is invalid; it must be an integer in [1, {valid}] (the number of non-padding items)")
@@ -336,7 +350,8 @@ def topk_from_codes(
     pairs = _exclusion_pairs(exclude, batch, n_items)
     if pairs is not None:
         pairs = (pairs[0].to(codes.device), pairs[1].to(codes.device))
-    chosen = choose_method(queries, sub_embeddings, codes) if method == "auto" else method
+    allow_faiss = row_scale is None
+    chosen = choose_method(queries, sub_embeddings, codes, allow_faiss=allow_faiss) if method == "auto" else method
     with torch.no_grad():
         if chosen == "faiss":
             nbits = kernels.faiss_nbits(sub_embeddings, codes)
@@ -349,9 +364,9 @@ def topk_from_codes(
         queries = queries.to(sub_embeddings.dtype)
         if chosen == "lut":
             chunk = chunk_size or _MAX_CHUNK
-            return _scan_topk(lookup_tables(queries, sub_embeddings), codes, k, chunk, padding_idx, pairs)
+            return _scan_topk(lookup_tables(queries, sub_embeddings), codes, k, chunk, padding_idx, pairs, row_scale)
         chunk = chunk_size or _matmul_chunk(batch, d)
-        return _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs)
+        return _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs, row_scale)
 
 
 def scores_from_codes(

@@ -13,6 +13,7 @@ or features, where its framework builds models, its checkpoint conventions).
 
 from __future__ import annotations
 
+import re
 from logging import getLogger
 from typing import Any, Callable, Iterable, Mapping
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..apply import JPQCheckpointError, is_building_for_load
+from ..assign import degree_scales
 from ..codes import code_dtype
 from ..config import JPQConfig, JPQConfigError, jpq_enabled
 from ..inject import (
@@ -130,6 +132,7 @@ def check_state_matches(model: nn.Module, state_dict: Mapping[str, Any]) -> None
         )
     for path in modules:
         table = path[:-4] if path.endswith("_jpq") else path  # raw Parameters live beside as <name>_jpq
+        table = re.sub(r"\.parts\.\d+$", "", table)  # a compressed row range of a shared table (RowRangeEmbedding)
         plain = next((k for k in (f"{table}.weight", table) if k in state_dict), None)
         if f"{path}.sub_embeddings" not in state_dict and (plain is not None or not jpq_keys):
             raise JPQCheckpointError(
@@ -202,6 +205,12 @@ def codes_source(jcfg: JPQConfig, counts: Mapping[str, int],
         return cache[entity]
 
     return codes_for
+
+
+def row_scales_source(jcfg: JPQConfig, interactions: Callable[[], Any]) -> Callable[[], Mapping[str, torch.Tensor]]:
+    """``row_scales()`` for :func:`~urecjpq_plugin.inject.inject_jpq`: the degree scales of the training
+    matrix ``interactions()``; none while building for a checkpoint load (the checkpoint brings them)."""
+    return lambda: {} if is_building_for_load() else degree_scales(jcfg, interactions())
 
 
 def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: int, extra: Iterable[str] = ()) -> None:

@@ -35,7 +35,8 @@ from ..features import FeatureSwap, check_feature_dim, pq_feature_table
 from ..inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, inject_jpq, swap_table
 from ..jpq import JPQEmbedding
 from . import mmrec_compat, mmrec_run
-from .base import Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, wrap_model_class
+from .base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
+                   wrap_model_class)
 from .full_sort import route_full_sort
 from .mmrec_args import overrides_from_argv
 from .mmrec_run import (  # noqa: F401  (names this module has always offered)
@@ -138,8 +139,9 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
 
     before = count_trainable(model)
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config))
-    joint = [_joint_table(model, ref, codes_for, jcfg) for ref in refs if ref.entity == "user_item"]
-    records = inject_jpq(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg)
+    scales = row_scales_source(jcfg, lambda: dataloader.inter_matrix(form="csr"))
+    joint = [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
+    records = inject_jpq(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg, scales)
     for ref, new, record in joint:  # built before any swap, like inject_jpq's tables
         swap_table(model, ref, new)
         records.append(record)
@@ -156,11 +158,14 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
     return summary
 
 
-def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfig) -> tuple:
+def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfig, row_scales: Any) -> tuple:
     """GRCN's users-then-items table: one JPQEmbedding over a ``2 * ksub`` codebook (not yet swapped in)."""
     table, padding_idx = _table_of(*_resolve(model, ref.path), ref.kind)
     codes = _joint_codes({"user": codes_for("user"), "item": codes_for("item")}, jcfg.ksub)
     new = JPQEmbedding.from_table(table, codes.to(table.device), 2 * jcfg.ksub, padding_idx, jcfg.split_dropout)
+    scales = row_scales()
+    if scales:
+        new.set_row_scale(torch.cat([scales["user"], scales["item"]]))
     return ref, new, SwapRecord.of(ref, "user+item", table, new)
 
 
