@@ -230,6 +230,31 @@ def test_seeds_give_mean_std_and_the_change_of_the_means():
     assert "0.3000 ± 0.1414" in report.markdown(rows)
 
 
+def test_context_aware_runs_report_auc_and_logloss(tmp_path):
+    """CTR models (FM, DeepFM ...) carry AUC/LogLoss: the tables show those columns, LogLoss's worst is its rise."""
+    def rec(model, jpq, auc, logloss):
+        return {"run_id": f"{model}-{jpq}", "status": "ok", "jpq": {"M": "auto", "ksub": 256, "code_assign": "auto",
+                "targets": ["user", "item"]} if jpq else None, "spec": {"model": model, "dataset": "ml-100k"},
+                "metrics": {"auc": auc, "logloss": logloss}, "params": {"id_tables": 100 if jpq else 1000,
+                "features": 0, "total": 2000}, "checkpoint_bytes": 10, "epochs": 1, "seconds_per_epoch": 1.0}
+
+    records = [rec("FM", False, 0.78, 0.56), rec("FM", True, 0.77, 0.57),
+               rec("DeepFM", False, 0.79, 0.57), rec("DeepFM", True, 0.79, 0.56)]
+    assert check_result(records[0]) and report.evaluations(report.build_rows(records)) == ["ctr"]
+    rows = report.build_rows(records)
+    (s,) = report.mean_changes(rows, "ctr").values()
+    assert s["models"] == 2 and s["auc"] == pytest.approx((0.77 / 0.78 - 1) / 2)
+    assert s["worst_logloss"] == pytest.approx(0.57 / 0.56 - 1) and s["params_id_tables"] == pytest.approx(-0.9)
+    md = report.markdown(rows)
+    assert "| model | setting | seeds | AUC | LogLoss | ID-table params |" in md and "recall@20" not in md
+    assert "| FM | uncompressed | 1 | 0.7800 | 0.5600 | 1,000 |" in md
+    assert "| worst AUC | worst (highest) LogLoss |" in md
+    paths = report.write_reports(records, tmp_path)
+    assert paths["accuracy_vs_params"].exists()
+    with pytest.raises(BenchRunnerError, match="metrics\\['recall@10'\\]"):
+        check_result({**records[0], "metrics": {"auc": 0.7}})  # neither evaluation complete
+
+
 def test_scale_bench_tiny_and_memory_guard(tmp_path):
     out = tmp_path / "scale"
     rc = scale.main(["--sizes", "300", "--max-steps", "3", "--eval-users", "20", "--batch", "64", "--out", str(out)])

@@ -31,11 +31,11 @@ DSUB_AUTO = 4
 # recall@20 -7.6 % and -7.8 % vs uncompressed, -10.0 % without); in RecBole the gain is small
 # (BPR on Baby -11.0 % -> -10.7 %, on ml-100k +1.0 % over no dropout), and it hurt nowhere measured.
 SPLIT_DROPOUT = 0.1
-MAX_KSUB = 2**16
+MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop here too
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
 # jpq_* key is a typo and stops the run rather than training with a default.
 OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_degree_scale",
-               "jpq_tables")  # uint16 codes; faiss's IndexPQ export and the README stop here too
+               "jpq_tables")
 
 
 class URecJPQError(ValueError):

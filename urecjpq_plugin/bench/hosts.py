@@ -12,6 +12,7 @@ folder (logs, checkpoints); ``options`` are host-specific (MMRec: ``mmrec_src``,
 :mod:`.mmrec_runner`, which adapts ``urecjpq_plugin.hosts.mmrec.run_one``). It returns::
 
     {"metrics": {"recall@10": f, "recall@20": f, "ndcg@10": f, "ndcg@20": f},   # test split
+                                                       # (or {"auc": f, "logloss": f}: CTR models)
      "epochs": int, "seconds_per_epoch": float,                               # training epochs run
      "params": {"id_tables": int, "features": int, "total": int},            # trainable
      "checkpoint_bytes": int, ...}                                            # extra keys are kept
@@ -38,7 +39,8 @@ HOST_RUNNERS = {
     "recbole": "urecjpq_plugin.bench.recbole_runner:run_one",
     "mmrec": "urecjpq_plugin.bench.mmrec_runner:run_one",  # adapts urecjpq_plugin.hosts.mmrec.run_one
 }
-METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # top-k ranking (general models)
+CTR_METRICS = ("auc", "logloss")  # labelled evaluation (RecBole's context-aware models)
 # Modules a host needs besides its runner, checked (without importing) before any run starts.
 HOST_NEEDS = {"recbole": ("recbole",), "mmrec": ("urecjpq_plugin.hosts.mmrec",)}
 RESULT_KEYS = ("metrics", "epochs", "seconds_per_epoch", "params", "checkpoint_bytes")
@@ -78,7 +80,9 @@ def check_result(result: Any) -> dict:
     if not isinstance(result, dict):
         raise BenchRunnerError(f"runner returned {type(result).__name__}, expected dict with {', '.join(RESULT_KEYS)}")
     missing = [k for k in RESULT_KEYS if k not in result]
-    missing += [f"metrics[{m!r}]" for m in METRICS if m not in result.get("metrics", {})]
+    metrics = result.get("metrics", {})
+    family = CTR_METRICS if all(m in metrics for m in CTR_METRICS) else METRICS
+    missing += [f"metrics[{m!r}]" for m in family if m not in metrics]
     if missing:
         raise BenchRunnerError(f"runner result lacks {', '.join(missing)}")
     return result

@@ -105,7 +105,10 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
 
     counts = {"user": data.user_num, "item": data.item_num}
     ckpt = trainer.saved_model_file
-    id_params = id_table_params(net, counts)
+    from ..hosts.recbole_context import id_row_params, is_context_model
+
+    # context-aware models keep user/item rows inside shared token tables (all fields in one table)
+    id_params = id_row_params(net, config) if is_context_model(net) else id_table_params(net, counts)
     rows = {path: m.num_embeddings for path, m in jpq_modules(net).items()}
     return {
         "distinct_codes": _by_entity(distinct_codes(net), rows, counts),

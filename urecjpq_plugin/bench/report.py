@@ -12,10 +12,16 @@ import csv
 from pathlib import Path
 from statistics import mean, stdev
 
-from .hosts import METRICS
+from .hosts import CTR_METRICS, METRICS
 
+# The two metrics the summary and plots show, per evaluation: top-k ranking, or labelled CTR
+# (RecBole's context-aware models: AUC / LogLoss instead of recall / NDCG).
+HEADLINE = {"ranking": ("recall@20", "ndcg@20"), "ctr": ("auc", "logloss")}
+COLUMNS = {"ranking": METRICS, "ctr": CTR_METRICS}
+LABELS = {"auc": "AUC", "logloss": "LogLoss"}
 MEASURES = (
     *METRICS,
+    *CTR_METRICS,
     "params_id_tables",
     "params_features",
     "params_total",
@@ -44,7 +50,7 @@ def flatten(record: dict) -> dict:
         "status": record.get("status", ""),
     }
     metrics, params = record.get("metrics", {}), record.get("params", {})
-    for m in METRICS:
+    for m in (*METRICS, *CTR_METRICS):
         row[m] = metrics.get(m, "")
     for k in ("id_tables", "features", "total"):
         row[f"params_{k}"] = params.get(k, "")
@@ -130,18 +136,25 @@ def _setting(row: dict) -> str:
     return f"jpq M={row['jpq_M']} ksub={row['jpq_ksub']} {row['jpq_code_assign']} {row['jpq_targets']}"
 
 
+def evaluations(rows: list[dict]) -> list[str]:
+    """Which evaluations the runs report: "ranking" (recall/NDCG), "ctr" (AUC/LogLoss) or both."""
+    found = [e for e, (first, _) in HEADLINE.items() if any(r.get(first) not in ("", None) for r in rows)]
+    return found or ["ranking"]
+
+
 def markdown(rows: list[dict], title: str = "") -> str:
     """Main table (mean +- std over seeds, change of the means vs uncompressed in brackets) plus the
-    mean change per setting."""
+    mean change per setting. Metric columns follow the runs: recall/NDCG, AUC/LogLoss, or both."""
+    metric_columns = [m for e in evaluations(rows) for m in COLUMNS[e]]
     head = [
-        "model", "setting", "seeds", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "ID-table params", "total params",
+        "model", "setting", "seeds", *(LABELS.get(m, m) for m in metric_columns), "ID-table params", "total params",
         "checkpoint", "peak RSS", "s/epoch", "epochs", "distinct codes (user/item)",
     ]
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in aggregate(rows):
         def cell(key, fmt):
             text = fmt(r[key])
-            if r["seeds"] > 1 and key in METRICS and text:
+            if r["seeds"] > 1 and key in metric_columns and text:
                 text += f" ± {_num(r['sd_' + key])}"
             rel = r.get(f"rel_{key}", "")
             return f"{text} ({_pct(rel)})" if rel != "" else text
@@ -150,36 +163,44 @@ def markdown(rows: list[dict], title: str = "") -> str:
 
         lines.append("| " + " | ".join([
             r["model"], r["setting"], str(r["seeds"]),
-            cell("recall@10", _num), cell("recall@20", _num), cell("ndcg@10", _num), cell("ndcg@20", _num),
+            *(cell(m, _num) for m in metric_columns),
             cell("params_id_tables", lambda v: f"{v:,.0f}"), cell("params_total", lambda v: f"{v:,.0f}"),
             cell("checkpoint_bytes", _size), cell("peak_rss_bytes", _size),
             cell("seconds_per_epoch", lambda v: _num(v, 2)), _num(r["epochs"], 1), distinct or "-",
         ]) + " |")
-    summary = mean_changes(rows)
-    if summary:
+    for evaluation in evaluations(rows):
+        summary = mean_changes(rows, evaluation)
+        if not summary:
+            continue
+        first, second = (LABELS.get(m, m) for m in HEADLINE[evaluation])
+        # LogLoss: lower is better, so its "worst" is the largest increase
+        worst = "worst" if evaluation == "ranking" else "worst (highest)"
         lines += ["", "Mean relative change against uncompressed, over models (of the means over seeds):", "",
-                  "| setting | models | recall@20 | ndcg@20 | worst recall@20 | worst ndcg@20 | ID-table params | "
+                  f"| setting | models | {first} | {second} | worst {first} | {worst} {second} | ID-table params | "
                   "checkpoint |", "|---|---|---|---|---|---|---|---|"]
+        a, b = HEADLINE[evaluation]
         for setting, s in summary.items():
-            lines.append(f"| {setting} | {s['models']} | {_pct(s['recall@20'])} | {_pct(s['ndcg@20'])} | "
-                         f"{_pct(s['worst_recall@20'])} | {_pct(s['worst_ndcg@20'])} | "
+            lines.append(f"| {setting} | {s['models']} | {_pct(s[a])} | {_pct(s[b])} | "
+                         f"{_pct(s['worst_' + a])} | {_pct(s['worst_' + b])} | "
                          f"{_pct(s['params_id_tables'])} | {_pct(s['checkpoint_bytes'])} |")
     return "\n".join(lines) + "\n"
 
 
-def mean_changes(rows: list[dict]) -> dict[str, dict]:
-    """Per JPQ setting: the mean (and worst) over models of each model's relative change of the means."""
+def mean_changes(rows: list[dict], evaluation: str = "ranking") -> dict[str, dict]:
+    """Per JPQ setting: the mean (and worst) over models of each model's relative change of the means,
+    for the models of one evaluation ("ranking" or "ctr"; LogLoss's worst is its largest change)."""
+    first, second = HEADLINE[evaluation]
     groups: dict[str, list[dict]] = {}
     for a in aggregate(rows):
-        if a["variant"] == "jpq" and a["rel_recall@20"] != "":
+        if a["variant"] == "jpq" and a[f"rel_{first}"] != "":
             groups.setdefault(a["setting"], []).append(a)
     out = {}
     for setting, rs in groups.items():
         out[setting] = {"models": len(rs)}
-        for m in ("recall@20", "ndcg@20", "params_id_tables", "checkpoint_bytes"):
+        for m in (first, second, "params_id_tables", "checkpoint_bytes"):
             vals = [r[f"rel_{m}"] for r in rs if r[f"rel_{m}"] != ""]
             out[setting][m] = mean(vals) if vals else ""
-            out[setting][f"worst_{m}"] = min(vals) if vals else ""
+            out[setting][f"worst_{m}"] = (max if m == "logloss" else min)(vals) if vals else ""
     return out
 
 
@@ -200,7 +221,7 @@ def _sweep_plot(ax, cells: list[dict], metric: str, axis: str, colors: dict, fix
         if base:
             ax.axhline(base[0], color=color, linestyle="--", linewidth=1)
     ax.set_xscale("log", base=2)
-    ax.set_ylabel(f"test {metric}")
+    ax.set_ylabel(f"test {LABELS.get(metric, metric)}")
     ax.grid(alpha=0.3)
 
 
@@ -214,6 +235,8 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     cells = aggregate(rows)
+    metrics = HEADLINE[evaluations(rows)[0]]  # a mixed bench plots recall/NDCG; its CTR models stay in the tables
+    cells = [a for a in cells if a[metrics[0]] not in ("", None)]
     models = sorted({a["model"] for a in cells})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     written = []
@@ -228,7 +251,7 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
     for name, x_key, x_label in (("accuracy_vs_params.png", "params_total", "trainable parameters"),
                                  ("accuracy_vs_checkpoint.png", "checkpoint_bytes", "checkpoint bytes")):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
+        for ax, metric in zip(axes, metrics):
             for m in models:
                 jpq = [(a[x_key], a[metric]) for a in cells if a["model"] == m and a["variant"] == "jpq"]
                 if jpq:
@@ -240,7 +263,7 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
                         ax.axhline(a[metric], color=colors[m], linestyle="--", linewidth=1)
             ax.set_xscale("log")
             ax.set_xlabel(x_label)
-            ax.set_ylabel(f"test {metric}")
+            ax.set_ylabel(f"test {LABELS.get(metric, metric)}")
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7, ncol=2)
         save(fig, name, f"accuracy against {x_label} (circle/dashed: uncompressed, triangle: jpq; mean over seeds)")
@@ -248,7 +271,7 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
     for name, axis, fixed in (("accuracy_vs_M.png", "jpq_M", ("jpq_ksub", "jpq_code_assign", "jpq_targets")),
                               ("accuracy_vs_ksub.png", "jpq_ksub", ("jpq_M", "jpq_code_assign", "jpq_targets"))):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
+        for ax, metric in zip(axes, metrics):
             _sweep_plot(ax, cells, metric, axis, colors, fixed)
             ax.set_xlabel("M (splits per code)" if axis == "jpq_M" else "ksub (sub-ids per split)")
         if axes[0].get_legend_handles_labels()[0]:

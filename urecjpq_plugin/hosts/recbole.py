@@ -21,7 +21,8 @@ from ..apply import JPQCheckpointError, building_for_load
 from ..assign import assign_codes
 from ..config import JPQConfig, JPQConfigError
 from ..inject import count_trainable, inject_jpq, jpq_modules
-from .base import Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, wrap_model_class
+from .base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, row_scales_source,
+                   wrap_model_class)
 
 __all__ = ["JPQCheckpointError", "activate", "check_state_matches", "compress_model", "compute_codes",
            "deactivate", "is_active", "load_data_and_model", "run"]
@@ -97,11 +98,17 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
             f"jpq_targets {list(jcfg.feature_targets)} are multimodal feature tables, which only the MMRec "
             "host has; valid here: user, item"
         )
+    from .recbole_context import compress_context_model, is_context_model
+
+    if is_context_model(model):  # user/item rows inside shared token tables
+        return compress_context_model(model, config, dataset, jcfg, compute_codes,
+                                      row_scales_source(jcfg, lambda: dataset.inter_matrix(form="csr")))
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     refs, _ = find_tables(model, counts, jcfg.id_targets, config)
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     before = count_trainable(model)
-    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset)), jcfg)
+    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset)), jcfg,
+                         row_scales_source(jcfg, lambda: dataset.inter_matrix(form="csr")))
     from .recbole_topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # full-sort scoring from codes where the item score is a plain dot product

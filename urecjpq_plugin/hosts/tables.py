@@ -136,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"jpq_M": args.M, "jpq_ksub": args.ksub, "jpq_targets": list(jcfg.targets)}
     if args.host == "recbole":
         model, config, counts = recbole_model(args, overrides)
+        from .recbole_context import is_context_model, plan_lines as context_plan_lines
+
+        if is_context_model(model):  # user/item rows inside shared token tables: one line per field
+            lines = context_plan_lines(model, config, counts, jcfg)
+            print(f"{args.model} on {args.dataset} ({args.host}): shared token tables, row ranges compressed or kept")
+            for line in lines:
+                print(line)
+            return 0
         refs, source = find_tables(model, counts, jcfg.id_targets, config)
     else:
         from .mmrec_tables import id_table_refs
