@@ -1,6 +1,6 @@
 """Top-k over the whole catalogue: uncompressed matmul+topk vs faiss IndexPQ vs our dispatcher, one run.
 
-    python benchmarks/bench_topk.py                 # the README table (1 thread)
+    python benchmarks/bench_topk.py                 # the table in docs/benchmarks.md (1 thread)
     python benchmarks/bench_topk.py --cases 1e6:64:1,1e6:64:256 --reps 9
     python benchmarks/bench_topk.py --calibrate     # per-item costs behind topk._NS (the cut-over points)
 

@@ -56,7 +56,7 @@ def degree_scales(config: JPQConfig, interactions: Any) -> dict[str, torch.Tenso
     ``s(i) = sqrt(n_i / (n_i + c * mean n))`` with ``n_i`` the ID's training interactions: an ID seen
     rarely keeps a short row, as it would in an uncompressed table that its few gradients barely move
     from a small initialisation. Without it every ID decodes from shared sub-embeddings at full norm,
-    and on sparse data the model drifts to ranking rarely seen items first (README, "Sparse catalogues").
+    and on sparse data the model drifts to ranking rarely seen items first (docs/benchmarks.md, "Sparse catalogues").
     """
     if interactions is None:
         return {}

@@ -24,8 +24,8 @@ FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS
 AUTO = "auto"
 # jpq_M: auto gives each split DSUB_AUTO dimensions: more splits at the same trainable parameters
-# (ksub * d per table) was the strongest accuracy lever measured (README, "Choosing M"), and
-# uint8 codes of d/4 bytes keep a checkpoint near 1/16 of the float32 table.
+# (ksub * d per table) was the strongest accuracy lever measured (docs/benchmarks.md, "Choosing the
+# defaults"), and uint8 codes of d/4 bytes keep a checkpoint near 1/16 of the float32 table.
 DSUB_AUTO = 4
 # jpq_split_dropout's default: 0.1 and 0.25 scored alike (plain-PyTorch BPR on Amazon Baby, 3 seeds:
 # recall@20 -7.6 % and -7.8 % vs uncompressed, -10.0 % without); in RecBole the gain is small

@@ -75,7 +75,7 @@ class JPQEmbedding(nn.Module):
             dropout over the ``M`` slots of a code). Shared sub-embeddings otherwise fit the training
             pairs through combinations of splits within a few epochs and then drift on sparse data;
             dropping splits makes every split carry the ID on its own. The measured effect is small
-            (README, "Sparse catalogues"): RecBole BPR on Amazon Baby -11.0 % -> -10.7 % recall@20 vs
+            (docs/benchmarks.md, "Sparse catalogues"): RecBole BPR on Amazon Baby -11.0 % -> -10.7 % recall@20 vs
             uncompressed, on ml-100k +1.0 % over no dropout (3 seeds each).
 
     An optional per-ID ``row_scale`` (:meth:`set_row_scale`; a uint8 buffer, level / 255) multiplies each

@@ -29,8 +29,8 @@ from .store import all_runs, load_run, open_folder, save_run
 
 DEFAULT_MODELS = {"recbole": "BPR,LightGCN,NGCF,SGL,SimpleX", "mmrec": "FREEDOM,LATTICE"}
 DEFAULT_DATASET = {"recbole": "ml-100k", "mmrec": None}
-# The budget stated in the README table. RecBole's own default (300 epochs, patience 10, batch 2048,
-# lr 0.001) takes hours for five models on a laptop CPU; a larger batch and learning rate converge in
+# The budget stated in docs/benchmarks.md (ml-100k table). RecBole's own default (300 epochs, patience 10,
+# batch 2048, lr 0.001) takes hours for five models on a laptop CPU; a larger batch and learning rate converge in
 # tens of epochs. Both variants of a model always get the same budget; override with --epochs/--set.
 DEFAULT_EPOCHS = 30
 DEFAULT_STOPPING_STEP = 5

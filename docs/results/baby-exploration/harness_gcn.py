@@ -1,0 +1,73 @@
+"""LightGCN variant of harness.py (RecBole defaults: 2 layers, mean of layers, reg 1e-5, Adam 1e-3, batch 2048)."""
+import argparse, json, sys, time
+import numpy as np, scipy.sparse as sp, torch, torch.nn as nn, torch.nn.functional as F
+import harness
+from harness import load, evaluate
+from urecjpq_plugin import JPQConfig, apply_jpq
+
+
+class MF(nn.Module):
+    def __init__(self, nu, ni, d):
+        super().__init__()
+        self.user_embedding = nn.Embedding(nu, d); self.item_embedding = nn.Embedding(ni, d)
+        nn.init.xavier_normal_(self.user_embedding.weight); nn.init.xavier_normal_(self.item_embedding.weight)
+
+
+def norm_adj(train):
+    nu, ni = train.shape
+    A = sp.bmat([[None, train], [train.T, None]]).tocsr().astype(np.float32)
+    deg = np.asarray(A.sum(1)).ravel(); dinv = np.power(deg + 1e-7, -0.5)
+    L = sp.diags(dinv) @ A @ sp.diags(dinv); L = L.tocoo()
+    return torch.sparse_coo_tensor(np.vstack([L.row, L.col]), L.data, L.shape).coalesce()
+
+
+def propagate(model, L, layers, nu):
+    x = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    out = [x]
+    for _ in range(layers):
+        x = torch.sparse.mm(L, x); out.append(x)
+    x = torch.stack(out).mean(0)
+    return x[:nu], x[nu:]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True); p.add_argument("--jpq", default="none")  # none | key=val,... for JPQConfig
+    p.add_argument("--epochs", type=int, default=80); p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--seed", type=int, default=2020); p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--reg", type=float, default=1e-5); p.add_argument("--quiet", action="store_true")
+    a = p.parse_args()
+    torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
+    train, valid, test = load(a.data); nu, ni = train.shape
+    model = MF(nu, ni, 64)
+    if a.jpq != "none":
+        kw = {}
+        for kv in a.jpq.split(","):
+            if kv:
+                k, v = kv.split("="); kw[k] = type(getattr(JPQConfig, k))(v) if not isinstance(getattr(JPQConfig, k), str) else (v if v == "auto" else float(v) if k == "degree_scale" else v)
+        apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train)
+    L = norm_adj(train)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tr = train.tocoo(); U = torch.from_numpy(tr.row).long(); I = torch.from_numpy(tr.col).long(); n = len(U)
+    gen = torch.Generator().manual_seed(a.seed); best, best_ep = -1, 0; t0 = time.time()
+    for ep in range(a.epochs):
+        model.train(); perm = torch.randperm(n, generator=gen); neg_all = torch.randint(0, ni, (n,), generator=gen); tot = 0
+        for s in range(0, n, 2048):
+            idx = perm[s:s + 2048]; u, i, j = U[idx], I[idx], neg_all[idx]
+            ue_all, ie_all = propagate(model, L, a.layers, nu)
+            ue, pe, ne = ue_all[u], ie_all[i], ie_all[j]
+            loss = -F.logsigmoid((ue * pe).sum(-1) - (ue * ne).sum(-1)).mean()
+            ego = model.user_embedding(u).norm(2).pow(2) + model.item_embedding(i).norm(2).pow(2) + model.item_embedding(j).norm(2).pow(2)
+            loss = loss + a.reg * ego / len(idx)
+            opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad(): uw, iw = propagate(model, L, a.layers, nu)
+        r, nd, _ = evaluate(uw, iw, train, valid)
+        if not a.quiet: print(f"ep {ep} loss {tot/n:.4f} valid R@20 {r:.4f} N@20 {nd:.4f} ({time.time()-t0:.0f}s)", flush=True)
+        if r > best: best, best_ep, state = r, ep, (uw.clone(), iw.clone())
+        elif ep - best_ep >= a.patience: break
+    tr_, tn, _ = evaluate(state[0], state[1], train + valid, test)
+    print(json.dumps(dict(args=vars(a), best_ep=best_ep, valid=best, test_recall=tr_, test_ndcg=tn)))
+
+if __name__ == "__main__":
+    main()
