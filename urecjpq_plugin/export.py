@@ -13,7 +13,6 @@ faiss is an optional dependency: ``pip install urecjpq_plugin[faiss]`` (faiss-cp
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .cli_parser import ArgumentParser
 from .config import URecJPQError
 from .jpq import JPQEmbedding
 from .topk_kernels import pack_codes  # noqa: F401 (faiss code layout; public here too)
@@ -88,7 +88,7 @@ def load_table(checkpoint: str, name: str) -> JPQEmbedding:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m urecjpq_plugin.export", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m urecjpq_plugin.export", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="checkpoint holding a JPQ table (e.g. from urecjpq compress or jpq: true)")
     p.add_argument("--table", default="item_embedding", help="JPQ table to export (default %(default)s)")
     p.add_argument("--out", required=True, help="faiss index file to write (must not exist)")

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+from ..cli_parser import ArgumentParser
 from ..config import AUTO, JPQConfig, JPQConfigError, parse_list
 from .hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, failure_reason, run_in_subprocess
 from .report import write_reports
@@ -67,7 +68,7 @@ def _set_pairs(pairs: Sequence[str]) -> dict:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="urecjpq bench", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="urecjpq bench", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="recbole", help=f"one of {', '.join(HOST_RUNNERS)} (default recbole)")
     p.add_argument("--models", default=None, help="comma-separated (default: recbole BPR,LightGCN,NGCF,SGL,SimpleX)")
     p.add_argument("--dataset", default=None, help="dataset name (default: recbole ml-100k)")

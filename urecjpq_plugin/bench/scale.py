@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..cli_parser import ArgumentParser
 from ..config import JPQConfig, JPQConfigError, auto_M
 from .hosts import exit_on_sigterm, failure_reason, run_in_subprocess
 from .store import all_runs, load_run, open_folder, save_run
@@ -73,7 +74,7 @@ def estimate_bytes(variant: str, size: int, d: int, per_user: int) -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="urecjpq bench-scale", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="urecjpq bench-scale", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="users = items per size (default 1e4,1e5,1e6,1e7)")
     p.add_argument("--variants", default="base,jpq", help="base, jpq or both (default both)")
     p.add_argument("--d", type=int, default=64)

@@ -42,7 +42,6 @@ Command line: ``urecjpq mmrec-data ml-100k --out OUT_DIR [--source-dir DIR] [--m
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import re
@@ -54,6 +53,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from ..cli_parser import ArgumentParser
 from ..config import URecJPQError
 
 __all__ = [
@@ -464,7 +464,7 @@ def build_mmrec_dataset(out_dir: PathLike, source_dir: Optional[PathLike] = None
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``urecjpq mmrec-data ml-100k --out OUT_DIR [options]``: the dataset by name, the folder by flag."""
-    parser = argparse.ArgumentParser(prog="urecjpq mmrec-data",
+    parser = ArgumentParser(prog="urecjpq mmrec-data",
                                      description="Build an MMRec ml-100k dataset folder from RecBole's copy.")
     parser.add_argument("dataset", metavar="DATASET", help=f"the dataset to build; valid: {DATASET_NAME}")
     parser.add_argument("--out", required=True, help="folder to hold ml-100k/ and ml-100k.yaml (MMRec's data_path)")

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Sequence
 
+from ..cli_parser import ArgumentParser
 from ..config import JPQConfig, URecJPQError, jpq_enabled
 from .mmrec_args import LauncherError, overrides_from_argv, parse_value
 
@@ -35,7 +36,7 @@ def find_mmrec_src(given: str | None) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--model", "-m", type=str, default="SELFCFED_LGN", help="MMRec model name")
     parser.add_argument("--dataset", "-d", type=str, default="baby", help="MMRec dataset name")
     parser.add_argument("--mmrec-src", default=None, help="MMRec's src/ (default: the working directory)")

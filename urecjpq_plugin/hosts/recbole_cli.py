@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Sequence
 
+from ..cli_parser import ArgumentParser
 from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 
 
@@ -37,7 +38,7 @@ def _yaml_keys(files: Sequence[str]) -> dict:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="urecjpq-recbole", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="urecjpq-recbole", description=__doc__.split("\n")[0])
     parser.add_argument("--model", "-m", type=str, default="BPR", help="RecBole model name")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
@@ -49,6 +50,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args, rest = parser.parse_known_args(argv)
     # RecBole reads --key=value overrides from sys.argv itself; a bare --jpq is a flag.
     rest = ["--jpq=True" if a == "--jpq" else a for a in rest]
+    for arg in rest:
+        # RecBole drops anything else with a warning and trains on its defaults ("--epochs 5" trains 300).
+        if not arg.startswith("--") or "=" not in arg or not arg[2:].split("=", 1)[0]:
+            parser.error(f"argument {arg!r} is not --key=value; RecBole settings take that form, e.g. --epochs=5")
     return args, rest
 
 

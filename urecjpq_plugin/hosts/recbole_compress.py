@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..cli_parser import ArgumentParser
 from ..compress import CompressError, quantize_model
 from ..config import JPQConfig, jpq_enabled, parse_list
 
@@ -37,7 +38,7 @@ def _M(text: str) -> int | str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="urecjpq compress", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="urecjpq compress", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="RecBole checkpoint (.pth) of a model trained without jpq")
     p.add_argument("--out", required=True, help="where to write the JPQ checkpoint (must not exist)")
     p.add_argument("--M", type=_M, default=JPQConfig.M,

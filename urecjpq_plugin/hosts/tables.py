@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from torch import nn
 
+from ..cli_parser import ArgumentParser
 from ..config import JPQConfig, URecJPQError, parse_list
 from ..inject import TableRef, count_trainable
 from .base import find_tables
@@ -25,7 +26,7 @@ HOSTS = ("recbole", "mmrec")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="urecjpq tables", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="urecjpq tables", description=__doc__.split("\n")[0])
     p.add_argument("--model", "-m", required=True, help="model name (RecBole's or MMRec's)")
     p.add_argument("--host", choices=HOSTS, default="recbole", help="framework (default %(default)s)")
     p.add_argument("--dataset", "-d", default="ml-100k", help="dataset (default %(default)s)")
