@@ -207,10 +207,13 @@ def codes_source(jcfg: JPQConfig, counts: Mapping[str, int],
     return codes_for
 
 
-def row_scales_source(jcfg: JPQConfig, interactions: Callable[[], Any]) -> Callable[[], Mapping[str, torch.Tensor]]:
+def row_scales_source(jcfg: JPQConfig, interactions: Callable[[], Any], model: nn.Module,
+                      dot_product_models: Iterable[str] = ()) -> Callable[[], Mapping[str, torch.Tensor]]:
     """``row_scales()`` for :func:`~urecjpq_plugin.inject.inject_jpq`: the degree scales of the training
-    matrix ``interactions()``; none while building for a checkpoint load (the checkpoint brings them)."""
-    return lambda: {} if is_building_for_load() else degree_scales(jcfg, interactions())
+    matrix ``interactions()``; none while building for a checkpoint load (the checkpoint brings them).
+    ``jpq_degree_scale: auto`` applies only to the host's ``dot_product_models`` (class names)."""
+    known = any(cls.__name__ in set(dot_product_models) for cls in type(model).__mro__)
+    return lambda: {} if is_building_for_load() else degree_scales(jcfg, interactions(), known)
 
 
 def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: int, extra: Iterable[str] = ()) -> None:

@@ -102,6 +102,9 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 # MMRec model class -> (query vectors, raw item table) where its full_sort_predict is
 # ``query @ <item table>.weight.T`` (read from MMRec's source; the others score propagated or
 # feature-fused item representations, which are not the compressed table).
+# jpq_degree_scale: auto applies to these (scores from dot products of the rows or of their linear
+# propagation; see hosts.recbole.DEGREE_SCALE_MODELS for what was measured).
+DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
 PQ_FULL_SORT = {"BPR": (lambda model, interaction: model.get_user_embedding(interaction[0]), "item_embedding")}
 
 
@@ -139,7 +142,7 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
 
     before = count_trainable(model)
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config))
-    scales = row_scales_source(jcfg, lambda: dataloader.inter_matrix(form="csr"))
+    scales = row_scales_source(jcfg, lambda: dataloader.inter_matrix(form="csr"), model, DEGREE_SCALE_MODELS)
     joint = [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
     records = inject_jpq(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg, scales)
     for ref, new, record in joint:  # built before any swap, like inject_jpq's tables
