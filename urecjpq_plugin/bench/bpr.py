@@ -27,9 +27,10 @@ def plain_table(n: int, d: int) -> nn.Embedding:
     return table
 
 
-def jpq_table(codes: torch.Tensor, ksub: int, d: int) -> JPQEmbedding:
+def jpq_table(codes: torch.Tensor, ksub: int, d: int, row_scale: torch.Tensor | None = None) -> JPQEmbedding:
     table = JPQEmbedding(codes, ksub, d, split_dropout=SPLIT_DROPOUT)
     nn.init.normal_(table.sub_embeddings, std=INIT_STD)
+    table.set_row_scale(row_scale)
     return table
 
 
@@ -44,22 +45,26 @@ class BPR(nn.Module):
 
 
 def build(data: SyntheticData, variant: str, d: int, codes: tuple | None, ksub: int, seed: int, lr: float):
-    """-> (model, optimizer); ``codes`` = ``(user_codes, item_codes)`` for jpq (see :func:`assign_codes`)."""
+    """-> (model, optimizer); ``codes`` = ``(user_codes, item_codes, row_scales)`` for jpq (see :func:`assign_codes`)."""
     torch.manual_seed(seed)
     if variant == "base":
         model = BPR(plain_table(data.n_users, d), plain_table(data.n_items, d))
         return model, torch.optim.SparseAdam(list(model.parameters()), lr=lr)
-    model = BPR(jpq_table(codes[0], ksub, d), jpq_table(codes[1], ksub, d))
+    scales = codes[2] if len(codes) > 2 else {}
+    model = BPR(jpq_table(codes[0], ksub, d, scales.get("user")), jpq_table(codes[1], ksub, d, scales.get("item")))
     return model, torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plugin's default code assignment (``jpq_code_assign: auto``) from the training matrix."""
+def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The plugin's defaults for a BPR model (``jpq_code_assign: auto``, ``jpq_degree_scale: auto``) from the
+    training matrix: ``(user_codes, item_codes, row_scales)``."""
     from ..assign import assign_codes as plugin_assign
+    from ..assign import degree_scales
     from ..config import JPQConfig
 
-    codes = plugin_assign(JPQConfig(M=M, ksub=ksub, seed=seed, dim=d), data.train_csr())
-    return codes["user"], codes["item"]
+    config, train = JPQConfig(M=M, ksub=ksub, seed=seed, dim=d), data.train_csr()
+    codes = plugin_assign(config, train)
+    return codes["user"], codes["item"], degree_scales(config, train)
 
 
 def batches(data: SyntheticData, batch: int, steps: int, seed: int):
