@@ -265,3 +265,22 @@ def test_cli_names_the_dataset_and_the_missing_extra_and_writes_nothing(tmp_path
                               text=True, cwd=tmp_path)
         assert done.returncode == 2 and not out.exists()
         assert len(done.stderr.strip().splitlines()) == 1 and 'pip install -e ".[mmrec]"' in done.stderr
+
+
+def test_dataset_in_mmrec_format_runs_without_a_yaml(tmp_path, monkeypatch):
+    # MMRec has configs/dataset/ only for its own datasets; without one its loader fails with a TypeError.
+    from urecjpq_plugin.hosts.mmrec_run import dataset_yaml_fallback
+
+    monkeypatch.chdir(tmp_path)  # an MMRec src/ without configs/dataset/tiktok.yaml
+    (tmp_path / "data" / "tiktok").mkdir(parents=True)
+    (tmp_path / "data" / "tiktok" / "tiktok.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n0\t1\t1\t0\t0\n")
+    keys = dataset_yaml_fallback("tiktok", {"data_path": str(tmp_path / "data")})
+    assert keys["inter_file_name"] == "tiktok.inter" and keys["USER_ID_FIELD"] == "userID"
+    (tmp_path / "data" / "other").mkdir()
+    (tmp_path / "data" / "other" / "other.inter").write_text("user\titem\n0\t1\n")  # not MMRec's format
+    assert dataset_yaml_fallback("other", {"data_path": str(tmp_path / "data")}) == {}
+    (tmp_path / "data" / "tiktok.yaml").write_text("inter_file_name: mine.inter\n")  # the user's own YAML wins
+    assert dataset_yaml_fallback("tiktok", {"data_path": str(tmp_path / "data")}) == {"inter_file_name": "mine.inter"}
+    (tmp_path / "configs" / "dataset").mkdir(parents=True)
+    (tmp_path / "configs" / "dataset" / "tiktok.yaml").write_text("x: 1\n")  # MMRec's own config: nothing added
+    assert dataset_yaml_fallback("tiktok", {"data_path": str(tmp_path / "data")}) == {}

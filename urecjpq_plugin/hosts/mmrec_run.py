@@ -180,19 +180,38 @@ def base_config_dict(overrides: Mapping[str, Any]) -> dict:
     return config
 
 
-def dataset_yaml_fallback(dataset: str, config_dict: Mapping[str, Any]) -> dict:
-    """Keys of ``<data_path>/<dataset>.yaml`` when MMRec's ``configs/dataset/`` lacks that dataset.
+# MMRec's own dataset config (configs/dataset/baby.yaml) minus the file name: what every dataset in
+# MMRec's format (<name>/<name>.inter with userID, itemID, ..., x_label; image_feat.npy, text_feat.npy) needs.
+MMREC_FORMAT_KEYS = {
+    "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "TIME_FIELD": "timestamp",
+    "filter_out_cod_start_users": True, "vision_feature_file": "image_feat.npy",
+    "text_feature_file": "text_feat.npy", "user_graph_dict_file": "user_graph_dict.npy", "field_separator": "\t",
+}
 
-    MMRec reads dataset configs only from ``./configs/dataset/``; this lets a dataset built by
-    ``urecjpq mmrec-data`` run without adding a file to the MMRec checkout.
+
+def dataset_yaml_fallback(dataset: str, config_dict: Mapping[str, Any]) -> dict:
+    """Dataset keys when MMRec's ``configs/dataset/`` lacks that dataset: ``<data_path>/<dataset>.yaml``,
+    else MMRec's standard keys when ``<data_path>/<dataset>/<dataset>.inter`` is in MMRec's format.
+
+    MMRec reads dataset configs only from ``./configs/dataset/`` (and fails with a ``TypeError`` deep in
+    its loader without one); this lets a dataset built by ``urecjpq mmrec-data``, or any pre-split
+    dataset in MMRec's format (TikTok, Amazon catalogues), run without adding a file to the checkout.
     """
     if os.path.isfile(os.path.join("configs", "dataset", f"{dataset}.yaml")):
         return {}
     data_path = config_dict.get("data_path")
-    candidate = os.path.join(str(data_path), f"{dataset}.yaml") if data_path else None
-    if not candidate or not os.path.isfile(candidate):
+    if not data_path:
         return {}
-    import yaml
+    candidate = os.path.join(str(data_path), f"{dataset}.yaml")
+    if os.path.isfile(candidate):
+        import yaml
 
-    with open(candidate, encoding="utf-8") as fh:
-        return dict(yaml.safe_load(fh) or {})
+        with open(candidate, encoding="utf-8") as fh:
+            return dict(yaml.safe_load(fh) or {})
+    inter = os.path.join(str(data_path), dataset, f"{dataset}.inter")
+    if os.path.isfile(inter):
+        with open(inter, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\n").split("\t")
+        if {"userID", "itemID", "x_label"} <= set(header):
+            return {**MMREC_FORMAT_KEYS, "inter_file_name": f"{dataset}.inter"}
+    return {}
