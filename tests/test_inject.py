@@ -171,3 +171,21 @@ def test_a_table_failing_to_build_leaves_every_table_in_place(monkeypatch):
     with pytest.raises(JPQConfigError, match="refused"):
         inject_jpq(model, find_id_tables(model, COUNTS, ["user", "item"]), codes_for(), JPQConfig(M=4, ksub=8))
     assert len(built) == 1 and not jpq_modules(model) and "_urecjpq_swaps" not in model.__dict__
+
+
+@pytest.mark.parametrize("option", [{"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}])
+def test_embedding_options_a_jpq_table_would_drop_are_refused_before_any_change(option):
+    from urecjpq_plugin import JPQConfig, apply_jpq
+    from urecjpq_plugin.inject import JPQTargetError
+
+    class MF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user_embedding = nn.Embedding(300, 16)
+            self.item_embedding = nn.Embedding(200, 16, **option)
+
+    model = MF()
+    with pytest.raises(JPQTargetError, match=list(option)[0]) as err:
+        apply_jpq(model, JPQConfig(M=4, ksub=16, code_assign="random"), counts={"user": 300, "item": 200})
+    assert "\n" not in str(err.value)
+    assert isinstance(model.user_embedding, nn.Embedding) and isinstance(model.item_embedding, nn.Embedding)

@@ -313,6 +313,26 @@ class SwapRecord:
         )
 
 
+# nn.Embedding options a JPQ table cannot honour: its rows are shared sub-embeddings (no per-row renorm
+# or frequency scaling) and its gradient is dense (an optimizer such as SparseAdam would fail later).
+UNSUPPORTED_EMBEDDING_OPTIONS = ("max_norm", "sparse", "scale_grad_by_freq")
+
+
+def check_embedding_options(model: nn.Module, ref: TableRef) -> None:
+    """Refuse an ``nn.Embedding`` table built with an option that compression would silently drop."""
+    if ref.kind != "embedding":
+        return
+    parent, leaf = _resolve(model, ref.path)
+    table = getattr(parent, leaf)
+    used = [f"{o}={getattr(table, o)!r}" for o in UNSUPPORTED_EMBEDDING_OPTIONS if getattr(table, o, None) not in (None, False)]
+    if used:
+        raise JPQTargetError(
+            f"table {ref.path} is an nn.Embedding with {', '.join(used)}, which a JPQ table cannot honour "
+            f"(shared rows, dense gradient); build it without {', '.join(u.split('=')[0] for u in used)} "
+            "or leave it out of jpq_targets"
+        )
+
+
 def inject_jpq(
     model: nn.Module,
     refs: list[TableRef],
@@ -329,6 +349,7 @@ def inject_jpq(
     for ref in refs:
         config.check_dim(ref.shape[1], table=ref.path)
         config.check_rows(ref.shape[0], table=ref.path)
+        check_embedding_options(model, ref)
     codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for r in refs)}
     for ref in refs:
         if codes[ref.entity].shape != (ref.shape[0], config.M):
