@@ -284,3 +284,15 @@ def test_dataset_in_mmrec_format_runs_without_a_yaml(tmp_path, monkeypatch):
     (tmp_path / "configs" / "dataset").mkdir(parents=True)
     (tmp_path / "configs" / "dataset" / "tiktok.yaml").write_text("x: 1\n")  # MMRec's own config: nothing added
     assert dataset_yaml_fallback("tiktok", {"data_path": str(tmp_path / "data")}) == {}
+
+
+def test_bench_pins_mmrec_grid_to_its_first_point(tmp_path, monkeypatch):
+    from urecjpq_plugin.hosts.mmrec_run import first_grid_point
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "model").mkdir(parents=True)
+    (tmp_path / "configs" / "model" / "BPR.yaml").write_text(
+        "embedding_size: 64\nreg_weight: [2.0, 1.0, 0.1]\nlearning_rate: [0.001, 0.01]\n"
+        "hyper_parameters: [\"reg_weight\", \"learning_rate\", \"seed\"]\n")
+    assert first_grid_point("BPR") == {"reg_weight": [2.0], "learning_rate": [0.001]}
+    assert first_grid_point("NoYaml") == {}

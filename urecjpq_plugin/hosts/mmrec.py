@@ -278,8 +278,9 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     """Train one model with MMRec's ``quick_start`` (plugin active) and return the benchmark record.
 
     Returns ``{"test_result", "trainable_params", "id_table_params", "feature_params",
-    "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}`` for the best grid combination (by
-    validation score); the checkpoint goes to ``out_dir``. Runs in-process (changes the working
+    "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}`` for one point of MMRec's grid, the first value
+    of each list (:func:`~.mmrec_run.first_grid_point`; ``overrides`` may set others); the checkpoint goes
+    to ``out_dir``. Runs in-process (changes the working
     directory to ``mmrec_src``); the benchmark calls it in a subprocess.
     """
     out_dir = os.path.abspath(out_dir)
@@ -288,7 +289,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     from utils.quick_start import quick_start
 
     config = base_config_dict({"checkpoint_dir": out_dir, **overrides})
-    config = {**dataset_yaml_fallback(dataset, config), **config}
+    config = {**dataset_yaml_fallback(dataset, config), **mmrec_run.first_grid_point(model), **config}
     first = len(mmrec_run.RUNS)
     quick_start(model=model, dataset=dataset, config_dict=config, save_model=True)
     runs = mmrec_run.RUNS[first:]

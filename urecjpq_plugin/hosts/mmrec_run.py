@@ -180,6 +180,24 @@ def base_config_dict(overrides: Mapping[str, Any]) -> dict:
     return config
 
 
+def first_grid_point(model: str) -> dict:
+    """MMRec's grid (``hyper_parameters`` of ``configs/model/<model>.yaml``) pinned to each list's first value.
+
+    ``quick_start`` trains every combination; the bench compares one setting per model, the first of MMRec's
+    own lists (what MMRec's papers tune is not what compression changes). Read from the working directory,
+    MMRec's ``src/``; a model without a YAML gets nothing pinned.
+    """
+    import yaml
+
+    path = os.path.join("configs", "model", f"{model}.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        spec = yaml.safe_load(fh) or {}
+    names = [n for n in spec.get("hyper_parameters") or [] if n != "seed"]
+    return {n: [spec[n][0]] for n in names if isinstance(spec.get(n), list) and spec[n]}
+
+
 # MMRec's own dataset config (configs/dataset/baby.yaml) minus the file name: what every dataset in
 # MMRec's format (<name>/<name>.inter with userID, itemID, ..., x_label; image_feat.npy, text_feat.npy) needs.
 MMREC_FORMAT_KEYS = {
