@@ -150,14 +150,14 @@ def test_apply_train_save_load_unload(cls, tmp_path, monkeypatch):
     assert train(model, steps=2)  # plain tables train again
 
 
-def test_unload_keeps_padding_idx_options_and_trainability():
+def test_unload_keeps_padding_idx_and_trainability():
+    # (sparse=True, max_norm and scale_grad_by_freq are refused at apply time: tests/test_inject.py)
     model = ParamModel()
-    model.user_embedding.sparse = True
     model.item_table.requires_grad_(False)
     apply_jpq(model, CONFIG, COUNTS)
     unload_jpq(model)
     assert isinstance(model.user_embedding, nn.Embedding) and type(model.item_table) is nn.Parameter
-    assert model.user_embedding.padding_idx == 0 and model.user_embedding.sparse
+    assert model.user_embedding.padding_idx == 0
     assert torch.equal(model.user_embedding.weight[0], torch.zeros(D))
     assert model.user_embedding.weight.requires_grad and not model.item_table.requires_grad
     model.item_table = nn.Parameter(torch.zeros(N_ITEMS, D))  # reassignable again
