@@ -292,7 +292,8 @@ def test_bench_pins_mmrec_grid_to_its_first_point(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs" / "model").mkdir(parents=True)
     (tmp_path / "configs" / "model" / "BPR.yaml").write_text(
-        "embedding_size: 64\nreg_weight: [2.0, 1.0, 0.1]\nlearning_rate: [0.001, 0.01]\n"
-        "hyper_parameters: [\"reg_weight\", \"learning_rate\", \"seed\"]\n")
-    assert first_grid_point("BPR") == {"reg_weight": [2.0], "learning_rate": [0.001]}
+        "embedding_size: 64\nreg_weight: [2.0, 1.0, 0.1]\nlearning_rate: [1e-03, 1e-02]\nmode: [a, b]\n"
+        "hyper_parameters: [\"reg_weight\", \"learning_rate\", \"mode\", \"seed\"]\n")
+    # 1e-03 without a dot: a string to PyYAML, a float to MMRec's loader (LightGCN's reg_weight)
+    assert first_grid_point("BPR") == {"reg_weight": [2.0], "learning_rate": [0.001], "mode": ["a"]}
     assert first_grid_point("NoYaml") == {}

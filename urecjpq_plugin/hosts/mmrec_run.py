@@ -195,7 +195,17 @@ def first_grid_point(model: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         spec = yaml.safe_load(fh) or {}
     names = [n for n in spec.get("hyper_parameters") or [] if n != "seed"]
-    return {n: [spec[n][0]] for n in names if isinstance(spec.get(n), list) and spec[n]}
+    return {n: [_yaml_number(spec[n][0])] for n in names if isinstance(spec.get(n), list) and spec[n]}
+
+
+def _yaml_number(value: Any) -> Any:
+    """``'1e-02'`` -> ``0.01``: MMRec's YAML loader reads exponents without a dot as floats, PyYAML as strings."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 # MMRec's own dataset config (configs/dataset/baby.yaml) minus the file name: what every dataset in
