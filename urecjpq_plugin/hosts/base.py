@@ -14,6 +14,7 @@ or features, where its framework builds models, its checkpoint conventions).
 from __future__ import annotations
 
 import re
+import functools
 from logging import getLogger
 from typing import Any, Callable, Iterable, Mapping
 
@@ -213,7 +214,8 @@ def row_scales_source(jcfg: JPQConfig, interactions: Callable[[], Any], model: n
     matrix ``interactions()``; none while building for a checkpoint load (the checkpoint brings them).
     ``jpq_degree_scale: auto`` applies only to the host's ``dot_product_models`` (class names)."""
     known = any(cls.__name__ in set(dot_product_models) for cls in type(model).__mro__)
-    return lambda: {} if is_building_for_load() else degree_scales(jcfg, interactions(), known)
+    placeholder = is_building_for_load()
+    return functools.cache(lambda: {} if placeholder else degree_scales(jcfg, interactions(), known))  # once per model
 
 
 def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: int, extra: Iterable[str] = ()) -> None:

@@ -20,6 +20,7 @@ its ``Config`` reads ``./configs``).
 
 from __future__ import annotations
 
+import functools
 import os
 from logging import getLogger
 from typing import Any, Mapping
@@ -86,9 +87,12 @@ def load_item_features(model: nn.Module, config: Any) -> list[np.ndarray]:
     return out
 
 
-def compute_codes(jcfg: JPQConfig, dataloader: Any, model: nn.Module, config: Any) -> dict[str, torch.Tensor]:
-    """User/item codes from the training split (``dataloader`` is MMRec's train loader)."""
-    inter = dataloader.inter_matrix(form="csr").astype(np.float32)
+def compute_codes(jcfg: JPQConfig, dataloader: Any, model: nn.Module, config: Any,
+                  interactions: Any = None) -> dict[str, torch.Tensor]:
+    """User/item codes from the training split (``dataloader`` is MMRec's train loader; ``interactions()``:
+    its training matrix when the caller already builds it)."""
+    matrix = interactions() if interactions is not None else dataloader.inter_matrix(form="csr")
+    inter = matrix.astype(np.float32)
     features = load_item_features(model, config) if jcfg.code_assign.startswith("features") else None
     return assign_codes(jcfg, inter, item_features=features, host="the MMRec host")
 
@@ -141,8 +145,9 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
         check_feature_dim(module.weight.shape[1], jcfg.M, FEATURE_TABLES[target])
 
     before = count_trainable(model)
-    codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config))
-    scales = row_scales_source(jcfg, lambda: dataloader.inter_matrix(form="csr"), model, DEGREE_SCALE_MODELS)
+    training_matrix = functools.cache(lambda: dataloader.inter_matrix(form="csr"))  # codes and degree scales share it
+    codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config, training_matrix))
+    scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)
     joint = [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
     records = inject_jpq(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg, scales)
     for ref, new, record in joint:  # built before any swap, like inject_jpq's tables

@@ -19,6 +19,11 @@ def parse_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return yaml_number(value)
+
+
+def yaml_number(value: Any) -> Any:
+    """``'1e-4'`` -> ``0.0001``: MMRec's YAML loader reads exponents without a dot as floats, PyYAML as strings."""
     if isinstance(value, str):
         try:
             return float(value)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import JPQConfig, URecJPQError, jpq_enabled
 from ..inject import count_trainable, subclass_with
+from .mmrec_args import yaml_number
 from .mmrec_tables import table_parameters
 
 #: forward caches read by full_sort_predict; saved with the checkpoint so evaluation can reload
@@ -195,17 +196,8 @@ def first_grid_point(model: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         spec = yaml.safe_load(fh) or {}
     names = [n for n in spec.get("hyper_parameters") or [] if n != "seed"]
-    return {n: [_yaml_number(spec[n][0])] for n in names if isinstance(spec.get(n), list) and spec[n]}
+    return {n: [yaml_number(spec[n][0])] for n in names if isinstance(spec.get(n), list) and spec[n]}
 
-
-def _yaml_number(value: Any) -> Any:
-    """``'1e-02'`` -> ``0.01``: MMRec's YAML loader reads exponents without a dot as floats, PyYAML as strings."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 # MMRec's own dataset config (configs/dataset/baby.yaml) minus the file name: what every dataset in

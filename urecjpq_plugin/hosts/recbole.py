@@ -9,10 +9,11 @@ built as usual. RecBole is imported lazily; nothing happens at import time.
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from logging import getLogger
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -88,10 +89,12 @@ def _wrap_model_class(cls: type) -> type:
     return wrap_model_class(cls, compress_model, _WRAPPED, members=_other_parameter)
 
 
-def compute_codes(config: JPQConfig, dataset: Any) -> dict[str, torch.Tensor]:
-    """Codes per entity from the dataset the model is built with (RecBole passes the train split)."""
+def compute_codes(config: JPQConfig, dataset: Any, interactions: Callable[[], Any] | None = None) -> dict[str, torch.Tensor]:
+    """Codes per entity from the dataset the model is built with (RecBole passes the train split);
+    ``interactions()``: its training matrix when the caller already builds it."""
     counts = {"user": dataset.user_num, "item": dataset.item_num}
-    inter = dataset.inter_matrix(form="csr") if config.code_assign != "random" else None
+    matrix = interactions or (lambda: dataset.inter_matrix(form="csr"))
+    inter = matrix() if config.code_assign != "random" else None
     return assign_codes(config, inter, counts, host="the RecBole host")
 
 
@@ -105,15 +108,16 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
         )
     from .recbole_context import compress_context_model, is_context_model
 
+    training_matrix = functools.cache(lambda: dataset.inter_matrix(form="csr"))  # codes and degree scales share it
+    codes = functools.partial(compute_codes, interactions=training_matrix)
+    scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)
     if is_context_model(model):  # user/item rows inside shared token tables
-        return compress_context_model(model, config, dataset, jcfg, compute_codes,
-                                      row_scales_source(jcfg, lambda: dataset.inter_matrix(form="csr"), model, DEGREE_SCALE_MODELS))
+        return compress_context_model(model, config, dataset, jcfg, codes, scales)
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     refs, _ = find_tables(model, counts, jcfg.id_targets, config)
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     before = count_trainable(model)
-    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset)), jcfg,
-                         row_scales_source(jcfg, lambda: dataset.inter_matrix(form="csr"), model, DEGREE_SCALE_MODELS))
+    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: codes(jcfg, dataset)), jcfg, scales)
     from .recbole_topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # full-sort scoring from codes where the item score is a plain dot product
