@@ -40,8 +40,8 @@ STAGES = {  # cProfile function name -> stage
 def child(size: int, M: int, ksub: int, threads: int, code_assign: str, dim: int) -> dict:
     import torch
 
-    from urecjpq_plugin.bench.scale import per_user_for
-    from urecjpq_plugin.bench.synthetic import generate
+    from urecjpq_bench.scale import per_user_for
+    from urecjpq_bench.synthetic import generate
     from urecjpq_plugin.assign import assign_codes
     from urecjpq_plugin.config import JPQConfig
     from urecjpq_plugin.distinct import distinct_code_fraction

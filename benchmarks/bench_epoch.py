@@ -49,7 +49,7 @@ def _timed(seconds: dict, phase: str, call, *args, **kwargs):
 
 def build(model_name: str, dataset: str, jpq: bool, epochs: int):
     """RecBole's ``run_recbole`` steps up to the trainer, with the plugin active."""
-    from urecjpq_plugin.bench.recbole_runner import build_trainer
+    from urecjpq_bench.recbole_runner import build_trainer
 
     _, _, trainer, (train_data, valid_data, _) = build_trainer(model_name, dataset, {**_settings(epochs), "jpq": jpq})
     return trainer, train_data, valid_data

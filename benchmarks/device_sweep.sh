@@ -42,7 +42,7 @@ if [ ! -d "$SITE/recbole" ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
         || { echo "device_sweep: installing ${wheels[*]} into $SITE failed" >&2; exit 2; }
 fi
-# Children of the bench (python -m urecjpq_plugin.bench.child, started in each run's folder) inherit
+# Children of the bench (python -m urecjpq_bench.child, started in each run's folder) inherit
 # this environment; both paths are absolute.
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -74,7 +74,7 @@ for name in ("torch", "numpy", "scipy", "pandas", "sklearn", "recbole", "colorlo
         print(f"{name:10s} -- {type(err).__name__}: {err}")
 import torch
 print("cuda", torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-from urecjpq_plugin.hosts import recbole_compat
+from urecjpq_plugin.hosts.recbole import compat as recbole_compat
 print("recbole_compat shims:", recbole_compat.apply() or "none needed")
 EOF
     "$PYTHON" benchmarks/cuda_smoke.py || echo "device_sweep: a CUDA smoke case failed (above); the bench runs anyway"
@@ -91,8 +91,8 @@ if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     "$PYTHON" - "$results" <<'PY' 2>&1 | tee -a "$OUT/bench-$name.log"
 import json, sys
 from pathlib import Path
-from urecjpq_plugin.bench.report import write_reports
-from urecjpq_plugin.bench.store import all_runs
+from urecjpq_bench.report import write_reports
+from urecjpq_bench.store import all_runs
 out = Path(sys.argv[1])
 records = [r for r in all_runs(out / "runs") if r.get("status") == "ok"]
 settings = json.loads((out / "bench.json").read_text()).get("settings", {})

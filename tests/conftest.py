@@ -15,7 +15,7 @@ def recbole_data_path() -> str:
 def recbole_env(tmp_path, monkeypatch):
     """Activate the RecBole host and keep RecBole's ./log, ./saved inside tmp_path."""
     data_path = recbole_data_path()
-    from urecjpq_plugin.hosts import recbole as host
+    from urecjpq_plugin.hosts.recbole import hook as host
 
     host.activate()
     monkeypatch.chdir(tmp_path)

@@ -103,7 +103,8 @@ def test_commands_answer_a_truncated_checkpoint_in_one_line(tmp_path, truncated,
 
 
 def test_load_data_and_model_and_mmrec_eval_answer_the_same_way(truncated):
-    from urecjpq_plugin.hosts import mmrec, recbole
+    from urecjpq_plugin.hosts.mmrec import hook as mmrec
+    from urecjpq_plugin.hosts.recbole import hook as recbole
 
     messages = []
     for load in (recbole.load_data_and_model, mmrec.evaluate_checkpoint):

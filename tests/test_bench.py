@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from urecjpq_plugin.bench import report, run, scale
-from urecjpq_plugin.bench.hosts import BenchRunnerError, check_result
-from urecjpq_plugin.bench.store import BenchFolderError
+from urecjpq_bench import report, run, scale
+from urecjpq_bench.hosts import BenchRunnerError, check_result
+from urecjpq_bench.store import BenchFolderError
 from urecjpq_plugin.config import URecJPQError
 from tests.conftest import entry_point
 
@@ -189,7 +189,7 @@ def test_runner_contract_is_checked():
 
 
 def test_mmrec_records_are_mapped_onto_the_contract():
-    from urecjpq_plugin.bench.mmrec_runner import to_bench_record
+    from urecjpq_bench.mmrec_runner import to_bench_record
 
     metrics = {"recall@10": 0.1, "recall@20": 0.2, "ndcg@10": 0.05, "ndcg@20": 0.07, "precision@5": 0.3}
     record = to_bench_record({"test_result": metrics, "trainable_params": 9, "id_table_params": 5,

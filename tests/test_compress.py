@@ -18,7 +18,7 @@ from tests.conftest import entry_point
 
 
 def main(argv):
-    from urecjpq_plugin.hosts.recbole_compress import main as compress_main
+    from urecjpq_plugin.hosts.recbole.compress import main as compress_main
 
     return compress_main(argv)
 
@@ -113,7 +113,7 @@ needs_recbole = pytest.mark.skipif(importlib.util.find_spec("recbole") is None, 
 def _config(tmp_path, **extra):
     from recbole.config import Config
 
-    from urecjpq_plugin.hosts.recbole_cli import shipped_data_path
+    from urecjpq_plugin.hosts.recbole.cli import shipped_data_path
 
     base = {
         "data_path": shipped_data_path("ml-100k"),
@@ -148,7 +148,7 @@ def _train(config, saved=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An uncompressed BPR checkpoint (1 epoch), trained once for the module."""
-    from urecjpq_plugin.hosts import recbole as host
+    from urecjpq_plugin.hosts.recbole import hook as host
 
     host.activate()
     tmp_path = tmp_path_factory.mktemp("bpr")
@@ -163,8 +163,8 @@ def trained(tmp_path_factory):
 
 @needs_recbole
 def test_pq_full_sort_gives_the_same_metrics_as_decode_then_matmul(tmp_path, monkeypatch):
-    from urecjpq_plugin.hosts import recbole as host
-    from urecjpq_plugin.hosts.recbole_topk import install_pq_full_sort
+    from urecjpq_plugin.hosts.recbole import hook as host
+    from urecjpq_plugin.hosts.recbole.topk import install_pq_full_sort
 
     host.activate()
     monkeypatch.chdir(tmp_path)
@@ -181,14 +181,14 @@ def test_pq_full_sort_gives_the_same_metrics_as_decode_then_matmul(tmp_path, mon
 def test_install_pq_full_sort_leaves_uncompressed_and_unmapped_models_alone():
     from torch import nn
 
-    from urecjpq_plugin.hosts.recbole_topk import install_pq_full_sort
+    from urecjpq_plugin.hosts.recbole.topk import install_pq_full_sort
 
     assert install_pq_full_sort(nn.Linear(2, 2)) is False
 
 
 @needs_recbole
 def test_compress_checkpoint_loads_with_the_plugin_and_keeps_other_weights(trained, tmp_path, monkeypatch, capsys):
-    from urecjpq_plugin.hosts import recbole as host
+    from urecjpq_plugin.hosts.recbole import hook as host
 
     _, ckpt = trained
     monkeypatch.chdir(tmp_path)
@@ -251,7 +251,7 @@ def test_compress_with_finetune_writes_a_trained_checkpoint(trained, tmp_path, m
 @needs_recbole
 def test_compress_defaults_to_the_plugins_M(trained, tmp_path, monkeypatch):
     from urecjpq_plugin.config import auto_M
-    from urecjpq_plugin.hosts.recbole_compress import parse_args
+    from urecjpq_plugin.hosts.recbole.compress import parse_args
 
     assert parse_args(["x.pth", "--out", "y.pth"]).M == "auto"
     _, ckpt = trained

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from urecjpq_plugin.codes import random_codes
-from urecjpq_plugin.hosts.recbole_ddp import (
+from urecjpq_plugin.hosts.recbole.ddp import (
     JPQCodesMismatchError,
     JPQDistributedError,
     codes_digest,
@@ -103,8 +103,8 @@ def _codes_of(checkpoint_dir) -> dict:
 
 def test_two_gloo_ranks_train_bpr_like_one_process(tmp_path, monkeypatch):
     pytest.importorskip("recbole")
-    from urecjpq_plugin.hosts.recbole import run
-    from urecjpq_plugin.hosts.recbole_cli import shipped_data_path
+    from urecjpq_plugin.hosts.recbole.hook import run
+    from urecjpq_plugin.hosts.recbole.cli import shipped_data_path
 
     monkeypatch.setattr(sys, "argv", ["recbole"])  # RecBole reads --key=value from argv, in every rank
     base = {

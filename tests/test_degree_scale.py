@@ -137,7 +137,7 @@ def test_row_scale_survives_both_checkpoint_paths():
 def test_hosts_apply_auto_only_to_dot_product_models():
     # NGCF transforms the rows in its layers and lost accuracy with the scale on Baby; BPR and LightGCN gained.
     from urecjpq_plugin.hosts.base import row_scales_source
-    from urecjpq_plugin.hosts.recbole import DEGREE_SCALE_MODELS
+    from urecjpq_plugin.hosts.recbole.hook import DEGREE_SCALE_MODELS
 
     BPR = type("BPR", (nn.Module,), {})
     NGCF = type("NGCF", (nn.Module,), {})

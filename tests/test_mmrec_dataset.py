@@ -269,7 +269,7 @@ def test_cli_names_the_dataset_and_the_missing_extra_and_writes_nothing(tmp_path
 
 def test_dataset_in_mmrec_format_runs_without_a_yaml(tmp_path, monkeypatch):
     # MMRec has configs/dataset/ only for its own datasets; without one its loader fails with a TypeError.
-    from urecjpq_plugin.hosts.mmrec_run import dataset_yaml_fallback
+    from urecjpq_plugin.hosts.mmrec.runner import dataset_yaml_fallback
 
     monkeypatch.chdir(tmp_path)  # an MMRec src/ without configs/dataset/tiktok.yaml
     (tmp_path / "data" / "tiktok").mkdir(parents=True)
@@ -287,7 +287,7 @@ def test_dataset_in_mmrec_format_runs_without_a_yaml(tmp_path, monkeypatch):
 
 
 def test_bench_pins_mmrec_grid_to_its_first_point(tmp_path, monkeypatch):
-    from urecjpq_plugin.hosts.mmrec_run import first_grid_point
+    from urecjpq_plugin.hosts.mmrec.runner import first_grid_point
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs" / "model").mkdir(parents=True)

@@ -69,7 +69,7 @@ def _env() -> dict:
 
 
 def _launcher(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "urecjpq_plugin.hosts.mmrec_cli", "--mmrec-src", MMREC_SRC, *args]
+    cmd = [sys.executable, "-m", "urecjpq_plugin.hosts.mmrec.cli", "--mmrec-src", MMREC_SRC, *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=_env())
 
 
@@ -102,7 +102,7 @@ def test_every_grid_combination_is_compressed(data_path, tmp_path):
 
 def test_run_one_contract(data_path, tmp_path):
     code = (
-        "import json, sys; from urecjpq_plugin.hosts.mmrec import run_one; "
+        "import json, sys; from urecjpq_plugin.hosts.mmrec.hook import run_one; "
         "print('RESULT', json.dumps(run_one('VBPR', 'ml-100k', json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])))"
     )
     overrides = {"data_path": data_path, "epochs": 1, "reg_weight": 1e-4, "jpq": True}
@@ -195,7 +195,7 @@ def test_user_defined_model_is_compressed_through_registry_or_yaml(declared_by, 
         register = "from urecjpq_plugin import register_id_tables; register_id_tables('MyModel', user=['people'], item=['things']); "
     elif declared_by == "yaml":
         overrides["jpq_tables"] = {"user": ["people"], "item": ["things"]}
-    code = (f"import json, sys; {register}from urecjpq_plugin.hosts.mmrec import run_one; "
+    code = (f"import json, sys; {register}from urecjpq_plugin.hosts.mmrec.hook import run_one; "
             "print('RESULT', json.dumps(run_one('MyModel', 'ml-100k', json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])))")
     run = subprocess.run([sys.executable, "-c", code, json.dumps(overrides), str(tmp_path), str(src_with_user_model)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from urecjpq_plugin.hosts import mmrec_compat
+from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
 
 
 def training_matrix(seed=0, users=40, items=25):

@@ -16,8 +16,9 @@ from torch import nn
 
 from urecjpq_plugin.config import JPQConfigError
 from urecjpq_plugin.features import feature_id_codes, normalised_concat, pq_feature_table, user_mean_features
-from urecjpq_plugin.hosts import mmrec, mmrec_compat
-from urecjpq_plugin.hosts.mmrec_cli import LauncherError, overrides_from_argv
+from urecjpq_plugin.hosts.mmrec import hook as mmrec
+from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
+from urecjpq_plugin.hosts.mmrec.cli import LauncherError, overrides_from_argv
 from urecjpq_plugin.inject import _REGISTRY, JPQTargetError, count_trainable, register_id_tables
 from urecjpq_plugin.jpq import JPQEmbedding
 

@@ -55,7 +55,7 @@ def test_not_mmrec_format_and_bad_labels_are_refused(tmp_path):
 
 
 def test_recbole_trains_on_the_files_split(tmp_path, monkeypatch, recbole_env):
-    from urecjpq_plugin.bench.recbole_runner import build_trainer
+    from urecjpq_bench.recbole_runner import build_trainer
 
     data, split = _mmrec_dataset(tmp_path / "data")
     overrides = {**recbole_env, **recbole_presplit("mini", data, cache=tmp_path / "cache"), "epochs": 1, "jpq": True,
@@ -73,7 +73,7 @@ def test_recbole_trains_on_the_files_split(tmp_path, monkeypatch, recbole_env):
 
 
 def test_bench_runs_on_a_presplit_dataset(tmp_path):
-    from urecjpq_plugin.bench import run
+    from urecjpq_bench import run
 
     data, _ = _mmrec_dataset(tmp_path / "data")
     out = tmp_path / "results"
@@ -87,7 +87,7 @@ def test_bench_runs_on_a_presplit_dataset(tmp_path):
 
 
 def test_tables_command_reads_a_presplit_dataset(tmp_path, monkeypatch, capsys, recbole_env):
-    from urecjpq_plugin.hosts.tables import main
+    from urecjpq_plugin.hosts.tables_cli import main
 
     data, _ = _mmrec_dataset(tmp_path / "data")
     monkeypatch.setenv("URECJPQ_CACHE", str(tmp_path / "cache"))

@@ -1,4 +1,4 @@
-"""Each RecBole compatibility shim on its own (urecjpq_plugin.hosts.recbole_compat).
+"""Each RecBole compatibility shim on its own (urecjpq_plugin.hosts.recbole.compat).
 
 The shims are installed only on stacks that need them (numpy 2, scipy >= 1.13, pandas 3, no ray);
 these tests call the stand-ins directly, so they check the same behaviour on the pinned CI stack.
@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from urecjpq_plugin.config import URecJPQError
-from urecjpq_plugin.hosts import recbole_compat as compat
+from urecjpq_plugin.hosts.recbole import compat
 
 
 # -- scipy: dok_matrix._update ----------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_checkpoint_reloads_with_identical_metrics(targets, recbole_env, monkeyp
     from recbole.utils import get_trainer
 
     from urecjpq_plugin import assign
-    from urecjpq_plugin.hosts.recbole import load_data_and_model, run
+    from urecjpq_plugin.hosts.recbole.hook import load_data_and_model, run
 
     result = run("FM", "ml-100k", config_dict=ctr_settings(recbole_env, jpq=True, jpq_targets=targets))
     (path,) = sorted(glob.glob(os.path.join(recbole_env["checkpoint_dir"], "*.pth")))
@@ -180,7 +180,7 @@ def test_checkpoint_reloads_with_identical_metrics(targets, recbole_env, monkeyp
 
 
 def test_plain_checkpoint_into_compressed_model_names_the_shared_table(recbole_env):
-    from urecjpq_plugin.hosts.recbole import JPQCheckpointError
+    from urecjpq_plugin.hosts.recbole.hook import JPQCheckpointError
 
     _, plain, *_ = build("FM", ctr_settings(recbole_env))
     _, compressed, *_ = build("FM", ctr_settings(recbole_env, jpq=True))
@@ -210,7 +210,7 @@ def test_tables_command_shows_compressed_and_kept_row_ranges(recbole_env, capsys
 
 def test_a_model_without_the_id_fields_refuses_in_one_line(recbole_env):
     from urecjpq_plugin import JPQTargetError
-    from urecjpq_plugin.hosts.recbole_context import plan_ranges
+    from urecjpq_plugin.hosts.recbole.context import plan_ranges
 
     _, plain, *_ = build("FM", ctr_settings(recbole_env))
     config = {"USER_ID_FIELD": "uid", "ITEM_ID_FIELD": "iid"}
@@ -231,8 +231,8 @@ def test_bad_M_for_the_embedding_size_is_one_line(recbole_env):
 
 
 def test_bench_runner_reports_auc_logloss_and_user_item_row_params(recbole_env, tmp_path):
-    from urecjpq_plugin.bench.hosts import check_result
-    from urecjpq_plugin.bench.recbole_runner import run_one
+    from urecjpq_bench.hosts import check_result
+    from urecjpq_bench.recbole_runner import run_one
 
     settings = {**ctr_settings(recbole_env), "data_path": recbole_env["data_path"]}
     plain = check_result(run_one("FM", "ml-100k", {**settings, "jpq": False}, str(tmp_path / "base")))
@@ -247,7 +247,7 @@ def test_first_order_rows_can_be_summed_splits(recbole_env, monkeypatch):
     """The measured alternative: first-order user/item rows as per-split scalars that add up (M x ksub each)."""
     from recbole.utils import get_trainer
 
-    from urecjpq_plugin.hosts import recbole_context
+    from urecjpq_plugin.hosts.recbole import context as recbole_context
     from urecjpq_plugin.inject import count_trainable
 
     monkeypatch.setattr(recbole_context, "FIRST_ORDER_ROWS", "summed")

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from urecjpq_plugin.hosts.recbole_cli import main as cli_main
+from urecjpq_plugin.hosts.recbole.cli import main as cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def test_checkpoint_is_compact_and_reloads_with_identical_metrics(recbole_env, m
 
     from urecjpq_plugin import assign
 
-    from urecjpq_plugin.hosts.recbole import load_data_and_model, run
+    from urecjpq_plugin.hosts.recbole.hook import load_data_and_model, run
 
     result = run("BPR", "ml-100k", config_dict={**recbole_env, "jpq": True, "jpq_M": 8, "epochs": 2})
     (path,) = checkpoints(recbole_env["checkpoint_dir"])
@@ -46,7 +46,7 @@ def test_checkpoint_is_compact_and_reloads_with_identical_metrics(recbole_env, m
 def test_checkpoint_and_model_must_agree_on_compression(recbole_env):
     from recbole.quick_start import quick_start
 
-    from urecjpq_plugin.hosts.recbole import JPQCheckpointError
+    from urecjpq_plugin.hosts.recbole.hook import JPQCheckpointError
 
     from .test_recbole_models import build
 
@@ -97,7 +97,7 @@ def test_bad_input_is_one_line_and_writes_no_checkpoint(args, message, tmp_path,
 
 def test_example_yaml_and_api_script_run(tmp_path, recbole_env):
     env = {**os.environ, "PYTHONPATH": ROOT}
-    cli = [sys.executable, "-m", "urecjpq_plugin.hosts.recbole_cli", "--model=BPR", "--dataset=ml-100k",
+    cli = [sys.executable, "-m", "urecjpq_plugin.hosts.recbole.cli", "--model=BPR", "--dataset=ml-100k",
            f"--config_files={ROOT}/examples/recbole_jpq.yaml", "--epochs=1", "--show_progress=False",
            f"--checkpoint_dir={tmp_path}/ck"]
     done = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 
-from urecjpq_plugin.hosts import scatter_compat as sc
+from urecjpq_plugin.hosts.mmrec import scatter as sc
 
 
 def reference(src, index, dim, dim_size, reduce):

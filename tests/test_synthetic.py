@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from urecjpq_plugin.bench.synthetic import SyntheticConfigError, generate
+from urecjpq_bench.synthetic import SyntheticConfigError, generate
 from urecjpq_plugin.config import URecJPQError
 
 

@@ -7,11 +7,11 @@ Core (no host framework imported): :func:`apply_jpq` / :func:`unload_jpq` / :fun
 Hosts live in :mod:`urecjpq_plugin.hosts` and are imported lazily.
 """
 
-from .apply import JPQCheckpointError, JPQReport, apply_jpq, jpq_state_dict, load_jpq, unload_jpq
-from .config import JPQConfig, JPQConfigError, URecJPQError
-from .inject import JPQTargetError, register_id_tables
-from .jpq import JPQEmbedding
-from .pq import ProductQuantizer
+from urecjpq_plugin.apply import JPQCheckpointError, JPQReport, apply_jpq, jpq_state_dict, load_jpq, unload_jpq
+from urecjpq_plugin.config import JPQConfig, JPQConfigError, URecJPQError
+from urecjpq_plugin.inject import JPQTargetError, register_id_tables
+from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.pq import ProductQuantizer
 
 __all__ = [
     "JPQCheckpointError", "JPQConfig", "JPQConfigError", "JPQEmbedding", "JPQReport", "JPQTargetError",

@@ -22,10 +22,10 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .assign import assign_codes, degree_scales
-from .codes import as_codes
-from .config import ID_TARGETS, JPQConfig, JPQConfigError, URecJPQError
-from .inject import (
+from urecjpq_plugin.assign import assign_codes, degree_scales
+from urecjpq_plugin.codes import as_codes
+from urecjpq_plugin.config import ID_TARGETS, JPQConfig, JPQConfigError, URecJPQError
+from urecjpq_plugin.inject import (
     JPQTargetError,
     SwapRecord,
     TableRef,
@@ -41,7 +41,7 @@ from .inject import (
     swapped_tables,
     unswap_table,
 )
-from .jpq import JPQEmbedding
+from urecjpq_plugin.jpq import JPQEmbedding
 
 STATE_FORMAT = "urecjpq/jpq-state/1"
 _ENTRY_KEYS = ("path", "entity", "kind", "rows", "dim", "M", "ksub", "padding_idx", "codes", "sub_embeddings")

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .codes import log_distinct_fractions, random_codes, svd_codes, svd_pq_codes
-from .config import AUTO, DSUB_AUTO, JPQConfig, JPQConfigError
+from urecjpq_plugin.codes import log_distinct_fractions, random_codes, svd_codes, svd_pq_codes
+from urecjpq_plugin.config import AUTO, DSUB_AUTO, JPQConfig, JPQConfigError
 
 logger = logging.getLogger("urecjpq_plugin")
 
@@ -129,7 +129,7 @@ def assign_codes(
         raise JPQConfigError(f"jpq_code_assign={how!r} needs multimodal item features, which {host} does not "
                              "have; use svd or random")
     else:
-        from .features import feature_id_codes, normalised_concat
+        from urecjpq_plugin.features import feature_id_codes, normalised_concat
 
         user, item = feature_id_codes(normalised_concat(item_features), inter, M, ksub, seed, how)
     return log_distinct_fractions({"user": user, "item": item})

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 
 class CheckpointFileError(URecJPQError):

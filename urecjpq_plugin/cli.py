@@ -6,14 +6,14 @@ import sys
 from importlib import import_module
 from typing import Sequence
 
-from .config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 COMMANDS = {
-    "bench": ("urecjpq_plugin.bench.run", "train models with and without jpq and report the difference"),
-    "bench-scale": ("urecjpq_plugin.bench.scale", "synthetic 10^4..10^7-ID memory/speed comparison"),
-    "compress": ("urecjpq_plugin.hosts.recbole_compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
+    "bench": ("urecjpq_bench.run", "train models with and without jpq and report the difference"),
+    "bench-scale": ("urecjpq_bench.scale", "synthetic 10^4..10^7-ID memory/speed comparison"),
+    "compress": ("urecjpq_plugin.hosts.recbole.compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
     "export": ("urecjpq_plugin.export", "export a JPQ item table to a faiss IndexPQ for serving"),
-    "tables": ("urecjpq_plugin.hosts.tables", "list the ID tables jpq: true would swap (dry run, no training)"),
+    "tables": ("urecjpq_plugin.hosts.tables_cli", "list the ID tables jpq: true would swap (dry run, no training)"),
     "mmrec-data": ("urecjpq_plugin.data.mmrec_dataset", "make an MMRec dataset from RecBole's ml-100k"),
 }
 
@@ -34,7 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"urecjpq: error: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return int(import_module(COMMANDS[name][0]).main(rest) or 0)
+        module = import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as err:
+        if not COMMANDS[name][0].startswith("urecjpq_bench") or err.name == "urecjpq_bench":
+            raise
+        print(f"urecjpq {name}: error: {err}", file=sys.stderr)  # an extra is missing: say which
+        return 2
+    try:
+        return int(module.main(rest) or 0)
     except URecJPQError as err:
         print(f"urecjpq {name}: error: {err}", file=sys.stderr)
         return 2

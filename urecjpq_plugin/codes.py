@@ -24,9 +24,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .config import MAX_KSUB, JPQConfigError
-from .distinct import distinct_code_fraction, distinct_codes, make_distinct  # noqa: F401 (public here too)
-from .rsvd import randomized_svd
+from urecjpq_plugin.config import MAX_KSUB, JPQConfigError
+from urecjpq_plugin.distinct import distinct_code_fraction, distinct_codes, make_distinct  # noqa: F401 (public here too)
+from urecjpq_plugin.rsvd import randomized_svd
 
 logger = logging.getLogger("urecjpq_plugin")
 _UNSIGNED = ((2**8, torch.uint8), (2**16, torch.uint16), (2**32, torch.uint32))
@@ -229,8 +229,8 @@ def svd_pq_codes(
     that leaves fewer than ``2 * M`` components (about 10^7 users + 10^7 items), or the matrix has
     fewer, this is :func:`svd_codes` (one component per split, lean at any size).
     """
-    from .pq import ProductQuantizer
-    from .rsvd import OVERSAMPLE
+    from urecjpq_plugin.pq import ProductQuantizer
+    from urecjpq_plugin.rsvd import OVERSAMPLE
 
     n_users, n_items = interactions.shape
     affordable = SVD_PQ_BYTES // (8 * (n_users + n_items)) - OVERSAMPLE  # two iterates, 4 bytes a float
@@ -281,7 +281,7 @@ def kmeans_codes(
     centroids are trained on at most ``ksub * max_points_per_centroid`` sampled rows; all rows
     are then assigned.
     """
-    from .pq import ProductQuantizer  # the one product quantiser
+    from urecjpq_plugin.pq import ProductQuantizer  # the one product quantiser
 
     vectors = torch.as_tensor(vectors, dtype=torch.float32).detach().cpu()
     pq = ProductQuantizer(vectors.shape[1], M, ksub, seed, iters, max_points_per_centroid).train(vectors)

@@ -5,7 +5,7 @@ one product quantiser (:class:`urecjpq_plugin.pq.ProductQuantizer`); :func:`quan
 for every ID table of a model and swaps them in through :func:`urecjpq_plugin.apply.load_jpq`, so the
 result is the same as a model compressed with :func:`~urecjpq_plugin.apply.apply_jpq` (and unloads,
 saves and pickles the same way). The RecBole command ``urecjpq compress`` lives in
-:mod:`urecjpq_plugin.hosts.recbole_compress`; nothing here imports a host.
+:mod:`urecjpq_plugin.hosts.recbole.compress`; nothing here imports a host.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .apply import STATE_FORMAT, JPQReport, load_jpq
-from .codes import code_dtype
-from .config import JPQConfig, URecJPQError
-from .inject import _resolve, _table_of, find_id_tables
-from .pq import ProductQuantizer, relative_error
+from urecjpq_plugin.apply import STATE_FORMAT, JPQReport, load_jpq
+from urecjpq_plugin.codes import code_dtype
+from urecjpq_plugin.config import JPQConfig, URecJPQError
+from urecjpq_plugin.inject import _resolve, _table_of, find_id_tables
+from urecjpq_plugin.pq import ProductQuantizer, relative_error
 
 
 class CompressError(URecJPQError):

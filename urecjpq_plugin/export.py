@@ -20,10 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .cli_parser import ArgumentParser
-from .config import URecJPQError
-from .jpq import JPQEmbedding
-from .topk_kernels import pack_codes  # noqa: F401 (faiss code layout; public here too)
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.topk_kernels import pack_codes  # noqa: F401 (faiss code layout; public here too)
 
 
 class ExportError(URecJPQError):
@@ -75,7 +75,7 @@ def to_faiss_index(
 
 def load_table(checkpoint: str, name: str) -> JPQEmbedding:
     """Rebuild the JPQ table ``name`` (e.g. ``item_embedding``) from a RecBole/torch checkpoint."""
-    from .checkpoint_file import read_checkpoint_file
+    from urecjpq_plugin.checkpoint_file import read_checkpoint_file
 
     saved = read_checkpoint_file(checkpoint)
     state = saved.get("state_dict", saved) if isinstance(saved, dict) else {}

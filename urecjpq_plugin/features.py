@@ -18,10 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .codes import code_dtype, feature_codes, kmeans_codes, make_distinct, svd_codes
-from .pq import relative_error
-from .config import JPQConfigError
-from .jpq import JPQEmbedding
+from urecjpq_plugin.codes import code_dtype, feature_codes, kmeans_codes, make_distinct, svd_codes
+from urecjpq_plugin.pq import relative_error
+from urecjpq_plugin.config import JPQConfigError
+from urecjpq_plugin.jpq import JPQEmbedding
 
 
 @dataclass(frozen=True)

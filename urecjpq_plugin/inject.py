@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .config import JPQConfig, JPQConfigError, URecJPQError
-from .jpq import JPQEmbedding
+from urecjpq_plugin.config import JPQConfig, JPQConfigError, URecJPQError
+from urecjpq_plugin.jpq import JPQEmbedding
 
 
 class JPQTargetError(URecJPQError):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import as_codes
-from .config import JPQConfigError, URecJPQError
+from urecjpq_plugin.codes import as_codes
+from urecjpq_plugin.config import JPQConfigError, URecJPQError
 
 
 class JPQIdError(URecJPQError, TypeError):
@@ -319,7 +319,7 @@ class JPQEmbedding(nn.Module):
         No decoded table is kept: a lookup-table scan over the codes for few queries, chunked decode +
         matmul for big batches, whichever :func:`~urecjpq_plugin.topk.scores_from_codes` measures cheaper.
         """
-        from .topk import SMALL_TABLE_FLOATS, scores_from_codes  # local import: topk builds on this module
+        from urecjpq_plugin.topk import SMALL_TABLE_FLOATS, scores_from_codes  # local import: topk builds on this module
 
         small = self.num_embeddings * self.embedding_dim <= SMALL_TABLE_FLOATS
         no_grad = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -334,7 +334,7 @@ class JPQEmbedding(nn.Module):
     def topk(self, queries: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` rows by dot product with ``queries [B, d]``, best first, never ``padding_idx`` nor an
         ``exclude``d item; bounded memory (faiss/torch scan or chunked matmul, see ``topk_from_codes``)."""
-        from .topk import topk_from_codes
+        from urecjpq_plugin.topk import topk_from_codes
 
         return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx,
                                row_scale=self._row_scale_of(None, self.sub_embeddings.dtype))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import JPQConfigError
+from urecjpq_plugin.config import JPQConfigError
 
 
 def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import JPQConfigError
-from .jpq import JPQEmbedding
+from urecjpq_plugin.config import JPQConfigError
+from urecjpq_plugin.jpq import JPQEmbedding
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import topk_kernels as kernels
-from .config import URecJPQError
+from urecjpq_plugin import topk_kernels as kernels
+from urecjpq_plugin.config import URecJPQError
 
 # Items per chunk when the caller gives none: keeps a chunk's [B, chunk] scores near 4 MiB (and the
 # widened codes of a chunk in cache) while amortising per-chunk overhead; measured on 2 CPU cores.

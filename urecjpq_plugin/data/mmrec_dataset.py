@@ -53,8 +53,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from ..cli_parser import ArgumentParser
-from ..config import URecJPQError
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import URecJPQError
 
 __all__ = [
     "DATASET_NAME",

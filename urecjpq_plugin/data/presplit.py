@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 SPLITS = ("train", "valid", "test")
 MMREC_COLUMNS = ("userID", "itemID", "x_label")

@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..apply import JPQCheckpointError, is_building_for_load
-from ..assign import degree_scales
-from ..codes import code_dtype
-from ..config import JPQConfig, JPQConfigError, jpq_enabled
-from ..inject import (
+from urecjpq_plugin.apply import JPQCheckpointError, is_building_for_load
+from urecjpq_plugin.assign import degree_scales
+from urecjpq_plugin.codes import code_dtype
+from urecjpq_plugin.config import JPQConfig, JPQConfigError, jpq_enabled
+from urecjpq_plugin.inject import (
     SwapRecord,
     TableRef,
     find_id_tables,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..jpq import JPQEmbedding
+from urecjpq_plugin.jpq import JPQEmbedding
 
 Query = Callable[[nn.Module, Any], torch.Tensor]
 

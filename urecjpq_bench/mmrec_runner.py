@@ -1,4 +1,4 @@
-"""MMRec runner for the bench: :func:`urecjpq_plugin.hosts.mmrec.run_one`, its record in the bench's keys.
+"""MMRec runner for the bench: :func:`urecjpq_plugin.hosts.mmrec.hook.run_one`, its record in the bench's keys.
 
 ``hosts.mmrec.run_one(model, dataset, overrides, out_dir, mmrec_src)`` returns ``test_result``,
 ``trainable_params``, ``id_table_params``, ``feature_params``, ``checkpoint_bytes``, ``epochs_run``,
@@ -22,6 +22,6 @@ def to_bench_record(record: dict) -> dict:
 
 
 def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: str | None = None, **options: Any) -> dict:
-    from ..hosts import mmrec
+    from urecjpq_plugin.hosts.mmrec import hook as mmrec
 
     return to_bench_record(mmrec.run_one(model, dataset, overrides, out_dir, mmrec_src=mmrec_src, **options))

@@ -29,7 +29,7 @@ from importlib.machinery import ModuleSpec
 from importlib.util import find_spec
 from typing import Any, Callable
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 
 class RecBoleExtraMissingError(URecJPQError):

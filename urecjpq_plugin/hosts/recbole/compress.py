@@ -21,13 +21,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..cli_parser import ArgumentParser
-from ..compress import CompressError, quantize_model
-from ..config import JPQConfig, jpq_enabled, parse_list
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.compress import CompressError, quantize_model
+from urecjpq_plugin.config import JPQConfig, jpq_enabled, parse_list
 
 
 def _M(text: str) -> int | str:
-    from ..config import AUTO
+    from urecjpq_plugin.config import AUTO
 
     if text.strip().lower() == AUTO:
         return AUTO
@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def read_checkpoint(path: str) -> dict:
     """Load a RecBole checkpoint (pickled Config inside, hence ``weights_only=False``)."""
-    from ..checkpoint_file import read_checkpoint_file
+    from urecjpq_plugin.checkpoint_file import read_checkpoint_file
 
     if os.path.isfile(path):
         import recbole.config  # noqa: F401  (unpickling the Config needs RecBole importable)
@@ -107,8 +107,8 @@ def compress_checkpoint(
     config = checkpoint["config"]
     seed = config["seed"] if seed is None else seed
 
-    from . import recbole as host
-    from .recbole_compat import set_numpy1_aliases
+    from urecjpq_plugin.hosts.recbole import hook as host
+    from urecjpq_plugin.hosts.recbole.compat import set_numpy1_aliases
 
     host.activate()
     # RecBole sets numpy's old aliases (np.float, which its NDCG uses) when a Config is built; this
@@ -130,7 +130,7 @@ def compress_checkpoint(
     counts = {"user": train_data._dataset.user_num, "item": train_data._dataset.item_num}
     report, lines = quantize_model(model, counts, M, ksub, jcfg.targets, seed=seed, iters=kmeans_iters)
     M = report.M  # auto resolved from the tables' width
-    from .recbole_topk import install_pq_full_sort
+    from urecjpq_plugin.hosts.recbole.topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # as a model built with jpq: true
     # How the host rebuilds it: random placeholder codes at build, overwritten by load_state_dict.

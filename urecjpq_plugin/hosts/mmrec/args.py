@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 
 class LauncherError(URecJPQError):

@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from importlib.util import find_spec
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 MODEL_KINDS = ("general_recommender", "context_aware_recommender", "sequential_recommender",
                "knowledge_aware_recommender", "exlib_recommender")

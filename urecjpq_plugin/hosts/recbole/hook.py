@@ -18,11 +18,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..apply import JPQCheckpointError, building_for_load
-from ..assign import assign_codes
-from ..config import JPQConfig, JPQConfigError
-from ..inject import count_trainable, inject_jpq, jpq_modules
-from .base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, row_scales_source,
+from urecjpq_plugin.apply import JPQCheckpointError, building_for_load
+from urecjpq_plugin.assign import assign_codes
+from urecjpq_plugin.config import JPQConfig, JPQConfigError
+from urecjpq_plugin.inject import count_trainable, inject_jpq, jpq_modules
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, row_scales_source,
                    wrap_model_class)
 
 __all__ = ["JPQCheckpointError", "activate", "check_state_matches", "compress_model", "compute_codes",
@@ -106,7 +106,7 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
             f"jpq_targets {list(jcfg.feature_targets)} are multimodal feature tables, which only the MMRec "
             "host has; valid here: user, item"
         )
-    from .recbole_context import compress_context_model, is_context_model
+    from urecjpq_plugin.hosts.recbole.context import compress_context_model, is_context_model
 
     training_matrix = functools.cache(lambda: dataset.inter_matrix(form="csr"))  # codes and degree scales share it
     codes = functools.partial(compute_codes, interactions=training_matrix)
@@ -118,7 +118,7 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     before = count_trainable(model)
     records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: codes(jcfg, dataset)), jcfg, scales)
-    from .recbole_topk import install_pq_full_sort
+    from urecjpq_plugin.hosts.recbole.topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # full-sort scoring from codes where the item score is a plain dot product
     log_swaps(records, jcfg, before, count_trainable(model))
@@ -134,11 +134,11 @@ def load_data_and_model(model_file: str):
     from recbole.quick_start import quick_start
     from recbole.utils import init_logger, init_seed
 
-    from ..checkpoint_file import read_checkpoint_file
+    from urecjpq_plugin.checkpoint_file import read_checkpoint_file
 
     checkpoint = read_checkpoint_file(model_file, needs=("config", "state_dict"), written_by="a RecBole trainer")
     config = checkpoint["config"]
-    from .recbole_compat import set_numpy1_aliases
+    from urecjpq_plugin.hosts.recbole.compat import set_numpy1_aliases
 
     set_numpy1_aliases()  # what building a Config sets; this one was unpickled (np.float: RecBole's metrics)
     init_seed(config["seed"], config["reproducibility"])
@@ -162,7 +162,7 @@ def activate() -> None:
         return
     import importlib
 
-    from .recbole_compat import apply as apply_recbole_compat
+    from urecjpq_plugin.hosts.recbole.compat import apply as apply_recbole_compat
 
     apply_recbole_compat()  # numpy 2 / new scipy / no ray: shims only where the stack needs them
     import recbole.quick_start as qs_pkg
@@ -195,7 +195,7 @@ def run(model: str, dataset: str, **kwargs: Any) -> Any:
     activate()
     if kwargs.get("nproc", 1) > 1 or kwargs.get("world_size", -1) > 0:
         # Spawned ranks do not inherit this process's hooks; this runner re-installs them in each.
-        from .recbole_ddp import run_distributed
+        from urecjpq_plugin.hosts.recbole.ddp import run_distributed
 
         return run_distributed(model, dataset, activate=activate, **kwargs)
     from recbole.quick_start import run as recbole_run

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli_parser import ArgumentParser
-from ..config import JPQConfig, JPQConfigError, auto_M
-from .hosts import exit_on_sigterm, failure_reason, run_in_subprocess
-from .store import all_runs, load_run, open_folder, save_run
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import JPQConfig, JPQConfigError, auto_M
+from urecjpq_bench.hosts import exit_on_sigterm, failure_reason, run_in_subprocess
+from urecjpq_bench.store import all_runs, load_run, open_folder, save_run
 
 GiB = 1 << 30
 PROCESS_OVERHEAD = 600 << 20  # interpreter + torch + evaluation buffers, measured ~0.5 GiB
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             full = {**spec, "out_dir": str(run_dir.resolve())}
             threads = str(spec["threads"])  # BLAS too: spinning pools distort timings on a busy machine
             env = {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-            result = run_in_subprocess(full, run_dir, module="urecjpq_plugin.bench.scale_child", env=env)
+            result = run_in_subprocess(full, run_dir, module="urecjpq_bench.scale_child", env=env)
             record = {"run_id": spec["run_id"], "spec": spec, "estimate_bytes": estimate, **result}
             if record["status"] != "ok":
                 failed.append((spec["run_id"], failure_reason(record["error"])))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 
 class SyntheticConfigError(URecJPQError):

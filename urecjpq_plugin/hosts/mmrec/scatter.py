@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 MODULE_NAME = "torch_scatter"
 REDUCTIONS = ("sum", "add", "mul", "mean", "min", "max")

@@ -12,9 +12,9 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..inject import JPQTargetError, TableRef, jpq_modules
-from ..jpq import JPQEmbedding
-from .base import declared_tables, find_tables
+from urecjpq_plugin.inject import JPQTargetError, TableRef, jpq_modules
+from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.hosts.base import declared_tables, find_tables
 
 _EMB = {"user": ("user_embedding",), "item": ("item_id_embedding",)}
 _PREFERENCE = ("v_gcn.preference", "t_gcn.preference")

@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Sequence
 
-from ..cli_parser import ArgumentParser
-from ..config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 
 
 def shipped_data_path(dataset: str) -> str | None:
@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def build_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[list[str] | None, dict]:
     """Check what RecBole would only reject with a traceback (or not at all), before it writes anything."""
-    from .recbole_names import check_dataset, check_model
+    from urecjpq_plugin.hosts.recbole.names import check_dataset, check_model
 
     if args.nproc < 1:
         raise JPQConfigError(f"--nproc={args.nproc} is invalid; it must be 1 or more (processes to start)")
@@ -74,7 +74,7 @@ def build_config_dict(args: argparse.Namespace, overrides: Sequence[str]) -> tup
         if shipped:
             config_dict["data_path"] = data_path = shipped
     check_dataset(args.dataset, data_path)
-    from ..data.presplit import mmrec_inter_file, recbole_presplit
+    from urecjpq_plugin.data.presplit import mmrec_inter_file, recbole_presplit
 
     if mmrec_inter_file(args.dataset, data_path):  # MMRec's pre-split format: keep the file's split
         config_dict.update(recbole_presplit(args.dataset, data_path))
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "benchmark_filename" in config_dict:  # RecBole's command line would override the converted copy
             overrides = [a for a in overrides if not a.startswith("--data_path=")]
         sys.argv = [sys.argv[0], *overrides]
-        from .recbole import activate, run
+        from urecjpq_plugin.hosts.recbole.hook import activate, run
 
         activate()
         run(

@@ -23,7 +23,7 @@ what MMRec needs and says why:
   training users, pairs sharing at least 2, each item's top ``k`` with ``k`` from the file name).
 - ``torch_scatter`` (SLMRec imports ``scatter``; MGCN and SMORE reach ``scatter_add`` through
   ``utils.get_sparse_laplacian``): a compiled package; when it does not import,
-  :mod:`.scatter_compat` installs a pure-torch stand-in.
+  :mod:`.scatter` installs a pure-torch stand-in.
 
 What cannot be worked around stops with one line (:class:`MMRecUnsupported`): the image+text
 requirement of DAMRS, LGMRec, PGL, MVGAE, MGCN, SMORE and SLMRec (their forward reads both
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import URecJPQError
-from . import scatter_compat
+from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.hosts.mmrec import scatter as scatter_compat
 
 _INSTALLED = False
 #: model -> module it needs that this stack may lack (checked before MMRec imports the model)
@@ -222,7 +222,7 @@ def graph_cache_file(config: Any, name: str, interactions: Any) -> str:
     ``~/.cache/urecjpq``), keyed by the dataset and a digest of its training matrix, never the user's data."""
     import hashlib
 
-    from ..data.presplit import cache_root
+    from urecjpq_plugin.data.presplit import cache_root
 
     csr = interactions.tocsr()
     digest = hashlib.sha1(np.ascontiguousarray(csr.indptr).tobytes() + np.ascontiguousarray(csr.indices).tobytes())

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from ..cli_parser import ArgumentParser
-from ..config import AUTO, JPQConfig, JPQConfigError, parse_list
-from .hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, failure_reason, run_in_subprocess
-from .report import write_reports
-from .store import all_runs, load_run, open_folder, save_run
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import AUTO, JPQConfig, JPQConfigError, parse_list
+from urecjpq_bench.hosts import HOST_RUNNERS, check_runner_exists, exit_on_sigterm, failure_reason, run_in_subprocess
+from urecjpq_bench.report import write_reports
+from urecjpq_bench.store import all_runs, load_run, open_folder, save_run
 
 DEFAULT_MODELS = {"recbole": "BPR,LightGCN,NGCF,SGL,SimpleX", "mmrec": "FREEDOM,LATTICE"}
 DEFAULT_DATASET = {"recbole": "ml-100k", "mmrec": None}
@@ -170,7 +170,7 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
 def _presplit(host: str, dataset: str, data_path: str | None, out: Path) -> dict:
     """RecBole on an MMRec-format dataset reads a copy under ``<out>/data`` that keeps the file's split
     (written by :func:`main` once the folder is checked)."""
-    from ..data.presplit import mmrec_inter_file, presplit_overrides
+    from urecjpq_plugin.data.presplit import mmrec_inter_file, presplit_overrides
 
     if host != "recbole" or not mmrec_inter_file(dataset, data_path):
         return {}
@@ -179,7 +179,7 @@ def _presplit(host: str, dataset: str, data_path: str | None, out: Path) -> dict
 
 def _check_recbole(models: list[str], dataset: str, budget: dict, grid: list[JPQConfig]) -> None:
     """Every model name, the dataset and every M against each model's embedding size, before any run."""
-    from ..hosts.recbole_names import check_dataset, check_model, model_embedding_size
+    from urecjpq_plugin.hosts.recbole.names import check_dataset, check_model, model_embedding_size
 
     for model in models:
         check_model(model)
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out).expanduser()
     runs = open_folder(out, settings)
     if "benchmark_filename" in specs[0]["overrides"]:
-        from ..data.presplit import recbole_presplit
+        from urecjpq_plugin.data.presplit import recbole_presplit
 
         recbole_presplit(settings["dataset"], settings["set"]["data_path"], cache=out / "data")
     done = {s["run_id"] for s in specs if (load_run(runs, s["run_id"]) or {}).get("status") == "ok"}

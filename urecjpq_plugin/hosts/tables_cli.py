@@ -17,10 +17,10 @@ from typing import Any, Iterator, Sequence
 
 from torch import nn
 
-from ..cli_parser import ArgumentParser
-from ..config import JPQConfig, URecJPQError, parse_list
-from ..inject import TableRef, count_trainable
-from .base import find_tables
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import JPQConfig, URecJPQError, parse_list
+from urecjpq_plugin.inject import TableRef, count_trainable
+from urecjpq_plugin.hosts.base import find_tables
 
 HOSTS = ("recbole", "mmrec")
 
@@ -72,9 +72,9 @@ def plan_lines(model: nn.Module, refs: list[TableRef], source: str, jcfg: JPQCon
 
 
 def recbole_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module, Any, dict]:
-    from . import recbole as host
-    from .recbole_cli import shipped_data_path
-    from .recbole_names import check_dataset, check_model
+    from urecjpq_plugin.hosts.recbole import hook as host
+    from urecjpq_plugin.hosts.recbole.cli import shipped_data_path
+    from urecjpq_plugin.hosts.recbole.names import check_dataset, check_model
 
     host.activate()  # RecBole 1.2.1 on today's stack; jpq stays off, so nothing is compressed
     from recbole.config import Config
@@ -87,7 +87,7 @@ def recbole_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module,
     config_dict = {**overrides, "jpq": False, "state": "ERROR", "show_progress": False}
     if data_path:
         config_dict["data_path"] = data_path
-    from ..data.presplit import mmrec_inter_file, recbole_presplit
+    from urecjpq_plugin.data.presplit import mmrec_inter_file, recbole_presplit
 
     if mmrec_inter_file(args.dataset, data_path):  # MMRec's pre-split format, as urecjpq-recbole reads it
         config_dict.update(recbole_presplit(args.dataset, data_path))
@@ -103,9 +103,11 @@ def recbole_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module,
 def mmrec_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module, Any, dict]:
     import os
 
-    from . import mmrec, mmrec_run
-    from .mmrec_cli import find_mmrec_src
-    from .mmrec_tables import entity_counts
+    from urecjpq_plugin.hosts.mmrec import hook as mmrec
+
+    from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
+    from urecjpq_plugin.hosts.mmrec.cli import find_mmrec_src
+    from urecjpq_plugin.hosts.mmrec.tables import entity_counts
 
     config_dict = dict(overrides)
     if args.data_path:
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"jpq_M": args.M, "jpq_ksub": args.ksub, "jpq_targets": list(jcfg.targets)}
     if args.host == "recbole":
         model, config, counts = recbole_model(args, overrides)
-        from .recbole_context import is_context_model, plan_lines as context_plan_lines
+        from urecjpq_plugin.hosts.recbole.context import is_context_model, plan_lines as context_plan_lines
 
         if is_context_model(model):  # user/item rows inside shared token tables: one line per field
             lines = context_plan_lines(model, config, counts, jcfg)
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         refs, source = find_tables(model, counts, jcfg.id_targets, config)
     else:
-        from .mmrec_tables import id_table_refs
+        from urecjpq_plugin.hosts.mmrec.tables import id_table_refs
 
         model, config, counts = mmrec_model(args, overrides)
         refs, source = id_table_refs(model, counts, jcfg.id_targets, config)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .full_sort import Query, route_full_sort
+from urecjpq_plugin.hosts.full_sort import Query, route_full_sort
 
 
 def _user_embedding(model: nn.Module, interaction: Any) -> torch.Tensor:

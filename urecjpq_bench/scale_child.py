@@ -1,7 +1,7 @@
 """One (size, variant) of the scale bench, in its own process so its peak RSS is its own.
 
-``python -m urecjpq_plugin.bench.scale_child SPEC.json RESULT.json``; the spec holds the size and
-every setting (see :func:`urecjpq_plugin.bench.scale.plan`).
+``python -m urecjpq_bench.scale_child SPEC.json RESULT.json``; the spec holds the size and
+every setting (see :func:`urecjpq_bench.scale.plan`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from . import bpr
-from .hosts import write_json
-from .synthetic import generate
+from urecjpq_bench import bpr
+from urecjpq_bench.hosts import write_json
+from urecjpq_bench.synthetic import generate
 
 
 def _rss_peak() -> int:

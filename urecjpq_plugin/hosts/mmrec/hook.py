@@ -7,10 +7,10 @@
 - ``get_model(name)`` returns a thin subclass (:func:`~urecjpq_plugin.hosts.base.wrap_model_class`)
   whose ``__init__`` runs MMRec's, then swaps the tables (:func:`compress_model`) before any trainer
   or optimizer exists, so every combination of MMRec's grid search is compressed;
-- ``get_trainer()`` returns the Trainer subclass of :mod:`.mmrec_run` (best state saved, runs recorded);
+- ``get_trainer()`` returns the Trainer subclass of :mod:`.runner` (best state saved, runs recorded);
 - ``Config`` wraps a scalar given for a grid-searched key into a one-element list.
 
-Which tables: the registry, YAML ``jpq_tables``, then :data:`~.mmrec_tables.TABLE_SPECS`, then the
+Which tables: the registry, YAML ``jpq_tables``, then :data:`~.tables.TABLE_SPECS`, then the
 core rule. GRCN's users-then-items table becomes one :class:`JPQEmbedding` with ``2 * ksub`` sub-ids
 per split, codes ``cat(user_codes, item_codes + ksub)``, so users and items keep separate codebook halves.
 
@@ -29,18 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..apply import JPQCheckpointError, building_for_load, is_building_for_load
-from ..assign import assign_codes
-from ..config import JPQConfig, URecJPQError, jpq_enabled
-from ..features import FeatureSwap, check_feature_dim, pq_feature_table
-from ..inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, inject_jpq, swap_table
-from ..jpq import JPQEmbedding
-from . import mmrec_compat, mmrec_run
-from .base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
+from urecjpq_plugin.apply import JPQCheckpointError, building_for_load, is_building_for_load
+from urecjpq_plugin.assign import assign_codes
+from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
+from urecjpq_plugin.features import FeatureSwap, check_feature_dim, pq_feature_table
+from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, inject_jpq, swap_table
+from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
+from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
                    wrap_model_class)
-from .full_sort import route_full_sort
-from .mmrec_args import overrides_from_argv
-from .mmrec_run import (  # noqa: F401  (names this module has always offered)
+from urecjpq_plugin.hosts.full_sort import route_full_sort
+from urecjpq_plugin.hosts.mmrec.args import overrides_from_argv
+from urecjpq_plugin.hosts.mmrec.runner import (  # noqa: F401  (names this module has always offered)
     CACHE_ATTRS,
     RUNS,
     _grid_scalars_as_lists,
@@ -50,7 +51,7 @@ from .mmrec_run import (  # noqa: F401  (names this module has always offered)
     dataset_yaml_fallback,
     use_mmrec_src,
 )
-from .mmrec_tables import (  # noqa: F401
+from urecjpq_plugin.hosts.mmrec.tables import (  # noqa: F401
     FEATURE_TABLES,
     TABLE_SPECS,
     UNTRAINED_TABLES,
@@ -232,7 +233,7 @@ def evaluate_checkpoint(path: str, config_overrides: Mapping[str, Any] | None = 
 
     The working directory must be MMRec's ``src`` (see :func:`use_mmrec_src`).
     """
-    from ..checkpoint_file import read_checkpoint_file
+    from urecjpq_plugin.checkpoint_file import read_checkpoint_file
 
     checkpoint = read_checkpoint_file(path, needs=("state_dict", "config"), weights_only=True,
                                       written_by="urecjpq-mmrec")
@@ -284,7 +285,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
 
     Returns ``{"test_result", "trainable_params", "id_table_params", "feature_params",
     "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}`` for one point of MMRec's grid, the first value
-    of each list (:func:`~.mmrec_run.first_grid_point`; ``overrides`` may set others); the checkpoint goes
+    of each list (:func:`~.runner.first_grid_point`; ``overrides`` may set others); the checkpoint goes
     to ``out_dir``. Runs in-process (changes the working
     directory to ``mmrec_src``); the benchmark calls it in a subprocess.
     """

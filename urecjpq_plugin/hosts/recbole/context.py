@@ -24,10 +24,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from ..config import JPQConfig
-from ..inject import JPQTargetError, SwapRecord, count_trainable
-from ..row_ranges import RowRange, RowRangeEmbedding, compressed_params, sums_splits
-from .base import codes_source, log_swaps
+from urecjpq_plugin.config import JPQConfig
+from urecjpq_plugin.inject import JPQTargetError, SwapRecord, count_trainable
+from urecjpq_plugin.row_ranges import RowRange, RowRangeEmbedding, compressed_params, sums_splits
+from urecjpq_plugin.hosts.base import codes_source, log_swaps
 
 # "kept": first-order user/item rows stay learned rows; "summed": compressed as per-split scalars that
 # add up (M * ksub per entity). See the module docstring for the measurement.

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import JPQConfig, URecJPQError, jpq_enabled
-from ..inject import count_trainable, subclass_with
-from .mmrec_args import yaml_number
-from .mmrec_tables import table_parameters
+from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
+from urecjpq_plugin.inject import count_trainable, subclass_with
+from urecjpq_plugin.hosts.mmrec.args import yaml_number
+from urecjpq_plugin.hosts.mmrec.tables import table_parameters
 
 #: forward caches read by full_sort_predict; saved with the checkpoint so evaluation can reload
 CACHE_ATTRS = ("result_embed", "result")

@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from statistics import mean, stdev
 
-from .hosts import CTR_METRICS, METRICS
+from urecjpq_bench.hosts import CTR_METRICS, METRICS
 
 # The two metrics the summary and plots show, per evaluation: top-k ranking, or labelled CTR
 # (RecBole's context-aware models: AUC / LogLoss instead of recall / NDCG).

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import URecJPQError
-from .hosts import write_json
+from urecjpq_plugin.config import URecJPQError
+from urecjpq_bench.hosts import write_json
 
 MANIFEST = "bench.json"
 

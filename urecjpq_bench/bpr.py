@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SPLIT_DROPOUT
-from ..jpq import JPQEmbedding
-from .synthetic import SyntheticData
+from urecjpq_plugin.config import SPLIT_DROPOUT
+from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_bench.synthetic import SyntheticData
 
 INIT_STD = 0.1
 
@@ -58,9 +58,9 @@ def build(data: SyntheticData, variant: str, d: int, codes: tuple | None, ksub: 
 def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The plugin's defaults for a BPR model (``jpq_code_assign: auto``, ``jpq_degree_scale: auto``) from the
     training matrix: ``(user_codes, item_codes, row_scales)``."""
-    from ..assign import assign_codes as plugin_assign
-    from ..assign import degree_scales
-    from ..config import JPQConfig
+    from urecjpq_plugin.assign import assign_codes as plugin_assign
+    from urecjpq_plugin.assign import degree_scales
+    from urecjpq_plugin.config import JPQConfig
 
     config, train = JPQConfig(M=M, ksub=ksub, seed=seed, dim=d), data.train_csr()
     codes = plugin_assign(config, train)

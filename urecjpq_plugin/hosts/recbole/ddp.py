@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import URecJPQError
-from ..inject import jpq_modules, subclass_with
+from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.inject import jpq_modules, subclass_with
 
 BACKENDS = ("gloo", "nccl")
 # Facts gathered in this rank for the result rank 0 hands back (per-rank digests).
@@ -341,7 +341,7 @@ def run_distributed(
     ``world_size`` (``-1``: ``nproc``). Returns rank 0's result (RecBole's dict plus
     ``jpq_codes_sha256_by_rank`` / ``jpq_weights_sha256_by_rank`` when JPQ is on); ``None`` on nodes
     without rank 0. ``activate``: installs the host's hooks in each rank (default: the RecBole host's,
-    which :func:`urecjpq_plugin.hosts.recbole.run` passes; it pickles by reference for ``spawn``).
+    which :func:`urecjpq_plugin.hosts.recbole.hook.run` passes; it pickles by reference for ``spawn``).
     """
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
@@ -356,7 +356,7 @@ def run_distributed(
         )
     backend = resolve_backend(backend)
     if activate is None:
-        raise JPQDistributedError("run_distributed needs activate= (use urecjpq_plugin.hosts.recbole.run, which passes it)")
+        raise JPQDistributedError("run_distributed needs activate= (use urecjpq_plugin.hosts.recbole.hook.run, which passes it)")
     threads = None
     if backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // nproc)  # ranks share this machine's cores

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..inject import JPQTargetError, count_trainable, find_id_tables, jpq_modules
+from urecjpq_plugin.inject import JPQTargetError, count_trainable, find_id_tables, jpq_modules
 
 BENCH_DEFAULTS = {"show_progress": False, "topk": [10, 20]}
 
@@ -71,8 +71,8 @@ def _timed_epochs(trainer: Any) -> list[float]:
 def build_trainer(model: str, dataset: str, config_dict: dict) -> tuple:
     """``run_recbole``'s steps up to the trainer, plugin active (RecBole's shipped ml-100k when there is
     no local copy): ``(config, dataset, trainer, (train, valid, test))``."""
-    from ..hosts.recbole import activate
-    from ..hosts.recbole_cli import shipped_data_path
+    from urecjpq_plugin.hosts.recbole.hook import activate
+    from urecjpq_plugin.hosts.recbole.cli import shipped_data_path
 
     activate()
     from recbole.config import Config
@@ -105,7 +105,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
 
     counts = {"user": data.user_num, "item": data.item_num}
     ckpt = trainer.saved_model_file
-    from ..hosts.recbole_context import id_row_params, is_context_model
+    from urecjpq_plugin.hosts.recbole.context import id_row_params, is_context_model
 
     # context-aware models keep user/item rows inside shared token tables (all fields in one table)
     id_params = id_row_params(net, config) if is_context_model(net) else id_table_params(net, counts)

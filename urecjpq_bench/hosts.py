@@ -9,7 +9,7 @@ subprocess, so peak RSS is per run and a crash cannot take the bench down). ``ov
 host config (``jpq``, ``jpq_M``, ``jpq_ksub``, ``jpq_code_assign``, ``jpq_targets``, ``epochs``,
 ``stopping_step``, ``seed``, ``topk`` and any ``--set key=value``); ``out_dir`` is the run's own
 folder (logs, checkpoints); ``options`` are host-specific (MMRec: ``mmrec_src``, see
-:mod:`.mmrec_runner`, which adapts ``urecjpq_plugin.hosts.mmrec.run_one``). It returns::
+:mod:`.mmrec_runner`, which adapts ``urecjpq_plugin.hosts.mmrec.hook.run_one``). It returns::
 
     {"metrics": {"recall@10": f, "recall@20": f, "ndcg@10": f, "ndcg@20": f},   # test split
                                                        # (or {"auc": f, "logloss": f}: CTR models)
@@ -32,17 +32,17 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import URecJPQError
+from urecjpq_plugin.config import URecJPQError
 
 # host -> "module:function"; modules are imported only inside the run's subprocess.
 HOST_RUNNERS = {
-    "recbole": "urecjpq_plugin.bench.recbole_runner:run_one",
-    "mmrec": "urecjpq_plugin.bench.mmrec_runner:run_one",  # adapts urecjpq_plugin.hosts.mmrec.run_one
+    "recbole": "urecjpq_bench.recbole_runner:run_one",
+    "mmrec": "urecjpq_bench.mmrec_runner:run_one",  # adapts urecjpq_plugin.hosts.mmrec.hook.run_one
 }
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # top-k ranking (general models)
 CTR_METRICS = ("auc", "logloss")  # labelled evaluation (RecBole's context-aware models)
 # Modules a host needs besides its runner, checked (without importing) before any run starts.
-HOST_NEEDS = {"recbole": ("recbole",), "mmrec": ("urecjpq_plugin.hosts.mmrec",)}
+HOST_NEEDS = {"recbole": ("recbole",), "mmrec": ("urecjpq_plugin.hosts.mmrec.hook",)}
 RESULT_KEYS = ("metrics", "epochs", "seconds_per_epoch", "params", "checkpoint_bytes")
 
 
@@ -121,7 +121,7 @@ def failure_reason(error: str) -> str:
 
 def run_in_subprocess(
     spec: dict, run_dir: Path, timeout: float | None = None, python: str | None = None,
-    module: str = "urecjpq_plugin.bench.child", env: dict | None = None,
+    module: str = "urecjpq_bench.child", env: dict | None = None,
 ) -> dict:
     """Run ``spec`` through ``module`` (``python -m module SPEC RESULT``) in a fresh interpreter.
 

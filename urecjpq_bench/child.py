@@ -1,4 +1,4 @@
-"""Subprocess entry of one bench run: ``python -m urecjpq_plugin.bench.child SPEC.json RESULT.json``.
+"""Subprocess entry of one bench run: ``python -m urecjpq_bench.child SPEC.json RESULT.json``.
 
 Reads the spec the bench wrote, calls the host's ``run_one`` and writes its checked result. Any
 exception exits non-zero with the traceback in the run's log; the bench records the run as failed.
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .hosts import check_result, resolve_runner, write_json
+from urecjpq_bench.hosts import check_result, resolve_runner, write_json
 
 
 def main(argv: list[str]) -> int:

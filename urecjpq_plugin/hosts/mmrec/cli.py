@@ -17,9 +17,9 @@ import os
 import sys
 from typing import Sequence
 
-from ..cli_parser import ArgumentParser
-from ..config import JPQConfig, URecJPQError, jpq_enabled
-from .mmrec_args import LauncherError, overrides_from_argv, parse_value
+from urecjpq_plugin.cli_parser import ArgumentParser
+from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
+from urecjpq_plugin.hosts.mmrec.args import LauncherError, overrides_from_argv, parse_value
 
 __all__ = ["LauncherError", "main", "overrides_from_argv", "parse_value"]
 
@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, overrides = parse_args(argv)
         if jpq_enabled(overrides):
             JPQConfig.from_mapping(overrides)  # bad JPQ options fail before MMRec loads anything
-        from . import mmrec, mmrec_run
+        from urecjpq_plugin.hosts.mmrec import hook as mmrec
+        from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
 
         # paths given relative to where the user stands, before moving into MMRec's src/
         for key in ("data_path", "checkpoint_dir"):
