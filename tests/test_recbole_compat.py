@@ -167,3 +167,30 @@ def test_apply_is_idempotent_and_lets_quick_start_import():
                           "pandas 2 semantics while loading datasets"}
     importlib.import_module("recbole.quick_start")
     assert hasattr(sp.dok_matrix, "_update")
+
+
+def test_remove_takes_every_shim_out(monkeypatch):
+    """Each shim forced on (this stack needs none), then remove(): every attribute and sys.modules entry is
+    the very object it was before."""
+    pytest.importorskip("recbole")
+    from recbole.config import configurator
+    from recbole.data.dataset import dataset
+
+    compat.remove()  # whatever an earlier test applied
+    for check in ("_ray_missing", "_distutils_missing", "_dok_lacks_update", "_numpy_lacks_float_",
+                  "_pandas_chained_fillna_is_lost"):
+        monkeypatch.setattr(compat, check, lambda: True)
+    names = ("ray", "ray.tune", "distutils", "distutils.version")
+    modules = {name: sys.modules.get(name) for name in names}
+    attrs = {(sp.dok_matrix, "_update"): getattr(sp.dok_matrix, "_update", None),
+             (configurator.Config, "compatibility_settings"): configurator.Config.compatibility_settings,
+             (dataset.Dataset, "_fill_nan"): dataset.Dataset._fill_nan,
+             (dataset.Dataset, "_from_scratch"): dataset.Dataset._from_scratch}
+    applied = compat.apply()
+    assert len(applied) == 6 and sp.dok_matrix._update is compat.dok_update
+    assert isinstance(sys.modules["ray"], compat._MissingPackage) and dataset.Dataset._fill_nan is compat.fill_nan
+    compat.remove()
+    assert all(sys.modules.get(name) is module for name, module in modules.items())
+    assert all(getattr(owner, name, None) is value for (owner, name), value in attrs.items())
+    monkeypatch.undo()
+    assert compat.apply() == []  # on this stack: nothing needed again

@@ -134,3 +134,33 @@ def test_a_comma_separated_inter_file_is_one_line(tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "mine.inter: header 'user_id,item_id' is not RecBole's atomic format" in err
+
+
+@pytest.mark.parametrize("model_name", ["BPR", "LightGCN"])
+def test_host_built_model_pickles_and_deep_copies(model_name, recbole_env):
+    """A compressed model built by the host (a same-named subclass; BPR with its PQ full-sort route) survives
+    pickle and deepcopy: same class, same scores, and the copy still refuses an uncompressed state."""
+    import copy
+    import pickle
+
+    from urecjpq_plugin.apply import JPQCheckpointError
+
+    from .test_recbole_models import build
+
+    config, model, train, valid, test = build(model_name, {**recbole_env, "jpq": True, "jpq_ksub": 64})
+    model.eval()
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        expected = model.full_sort_predict(interaction)
+    if model_name == "BPR":
+        assert getattr(model, "_urecjpq_pq_full_sort", None) == "BPR"
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(clone) is type(model) and clone is not model
+        assert type(clone.item_embedding).__name__ == "JPQEmbedding"
+        with torch.no_grad():
+            torch.testing.assert_close(clone.full_sort_predict(interaction), expected)
+        config["jpq"] = False
+        plain = type(model).__mro__[1](config, train._dataset)
+        config["jpq"] = True
+        with pytest.raises(JPQCheckpointError):
+            clone.load_state_dict(plain.state_dict())

@@ -8,7 +8,7 @@ or features, where its framework builds models, its checkpoint conventions).
   own specs, the default rule;
 - :func:`codes_source`: codes computed once per build, or placeholders while
   :func:`~urecjpq_plugin.apply.building_for_load` (a checkpoint brings the real ones);
-- :class:`Patches`: every attribute a host replaces, restorable by ``deactivate()``.
+- :class:`Patches`: every attribute and ``sys.modules`` entry a host replaces, restorable by ``deactivate()``.
 """
 
 from __future__ import annotations
@@ -45,19 +45,30 @@ _MISSING = object()
 
 # -- patches ----------------------------------------------------------------------------------------
 class Patches:
-    """Attributes a host replaced, with their originals; :meth:`undo` puts every one back."""
+    """Attributes (and ``sys.modules`` entries) a host replaced, with their originals; :meth:`undo` puts
+    every one back, newest first."""
 
     def __init__(self) -> None:
-        self._saved: list[tuple[Any, str, Any]] = []
+        self._saved: list[tuple[Any, str, Any, bool]] = []
         self.active = False
 
     def set(self, owner: Any, name: str, value: Any) -> None:
-        self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        self._saved.append((owner, name, vars(owner).get(name, _MISSING), False))
         setattr(owner, name, value)
 
+    def set_item(self, mapping: dict, key: str, value: Any) -> None:
+        """``mapping[key] = value`` (e.g. a stand-in module in ``sys.modules``), undone like :meth:`set`."""
+        self._saved.append((mapping, key, mapping.get(key, _MISSING), True))
+        mapping[key] = value
+
     def undo(self) -> None:
-        for owner, name, original in reversed(self._saved):
-            if original is _MISSING:
+        for owner, name, original, is_item in reversed(self._saved):
+            if is_item:
+                if original is _MISSING:
+                    owner.pop(name, None)
+                else:
+                    owner[name] = original
+            elif original is _MISSING:
                 delattr(owner, name)
             else:
                 setattr(owner, name, original)
@@ -73,11 +84,15 @@ def wrap_model_class(
     before_init: Callable[[type, Any, Any], None] | None = None,
     after_init: Callable[[nn.Module], None] | None = None,
     members: Callable[[type], dict] | None = None,
+    rewrap: Callable[[type], type] | None = None,
 ) -> type:
     """A same-named subclass of ``cls`` whose construction ends with ``compress(model, config, data)``
     when the config says ``jpq: true``, and whose ``load_state_dict`` checks the state first.
 
     ``members(cls)``: further host-specific overrides (they may call ``cls``'s methods).
+    ``rewrap``: the host's module-level function that wraps a class (``rewrap(cls)`` gives this class);
+    with it an instance pickles and deep-copies as "``cls``, wrapped again by ``rewrap``" (the
+    subclass itself cannot be found by name: it is named as ``cls``).
     """
     if getattr(cls, "_urecjpq_wrapped", False):
         return cls
@@ -98,8 +113,24 @@ def wrap_model_class(
         return cls.load_state_dict(self, state_dict, *args, **kwargs)
 
     extra = members(cls) if members is not None else {}
+    if rewrap is not None:
+        where = (rewrap.__module__, rewrap.__qualname__)
+
+        def __reduce_ex__(self: nn.Module, protocol: int) -> tuple:
+            return rebuild_wrapped, (cls, *where), self.__getstate__()
+
+        extra["__reduce_ex__"] = __reduce_ex__
     cache[cls] = subclass_with(cls, __init__=__init__, load_state_dict=load_state_dict, **extra)
     return cache[cls]
+
+
+def rebuild_wrapped(cls: type, module: str, wrap: str) -> nn.Module:
+    """Unpickling a wrapped model: an empty instance of ``cls`` wrapped by the host's ``module.wrap``
+    (its state is set after, by ``nn.Module.__setstate__``)."""
+    import importlib
+
+    wrapped = getattr(importlib.import_module(module), wrap)(cls)
+    return wrapped.__new__(wrapped)
 
 
 def hooked_get_model(original: Callable[[str], type], wrap: Callable[[type], type],

@@ -11,7 +11,6 @@ own ``full_sort_predict``, keep their path.
 
 from __future__ import annotations
 
-import types
 from typing import Any, Callable, Mapping
 
 import torch
@@ -20,6 +19,19 @@ from torch import nn
 from urecjpq_plugin.jpq import JPQEmbedding
 
 Query = Callable[[nn.Module, Any], torch.Tensor]
+
+
+class PQFullSort:
+    """``full_sort_predict`` of one compressed instance: the host's query vectors, then
+    ``JPQEmbedding.score``. An object rather than a closure, so the model pickles and deep-copies
+    (``query`` is a module-level function of the host)."""
+
+    def __init__(self, model: nn.Module, query: Query, table_name: str, flat: bool) -> None:
+        self.model, self.query, self.table_name, self.flat = model, query, table_name, flat
+
+    def __call__(self, interaction: Any) -> torch.Tensor:
+        scores = getattr(self.model, self.table_name).score(self.query(self.model, interaction))
+        return scores.reshape(-1) if self.flat else scores
 
 
 def _owner(model: nn.Module, module_prefix: str) -> type | None:
@@ -49,12 +61,6 @@ def route_full_sort(
     query, table_name = routes[owner.__name__]
     if not isinstance(getattr(model, table_name, None), JPQEmbedding):
         return False
-    flat = flatten(owner)
-
-    def full_sort_predict(self: nn.Module, interaction: Any) -> torch.Tensor:
-        scores = getattr(self, table_name).score(query(self, interaction))
-        return scores.reshape(-1) if flat else scores
-
-    model.full_sort_predict = types.MethodType(full_sort_predict, model)
+    model.full_sort_predict = PQFullSort(model, query, table_name, flatten(owner))
     model._urecjpq_pq_full_sort = owner.__name__
     return True

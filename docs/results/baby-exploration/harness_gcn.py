@@ -44,7 +44,12 @@ def main():
         kw = {}
         for kv in a.jpq.split(","):
             if kv:
-                k, v = kv.split("="); kw[k] = type(getattr(JPQConfig, k))(v) if not isinstance(getattr(JPQConfig, k), str) else (v if v == "auto" else float(v) if k == "degree_scale" else v)
+                k, v = kv.split("=")
+                for cast in (int, float, str):
+                    try:
+                        kw[k] = cast(v); break
+                    except ValueError:
+                        pass
         apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train)
     L = norm_adj(train)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -23,7 +23,10 @@ what MMRec needs and says why:
   training users, pairs sharing at least 2, each item's top ``k`` with ``k`` from the file name).
 - ``torch_scatter`` (SLMRec imports ``scatter``; MGCN and SMORE reach ``scatter_add`` through
   ``utils.get_sparse_laplacian``): a compiled package; when it does not import,
-  :mod:`.scatter` installs a pure-torch stand-in.
+  :mod:`.scatter` puts a thin module over ``torch_geometric.utils.scatter`` in its place.
+
+Every shim goes into one :class:`~urecjpq_plugin.hosts.base.Patches`; :func:`uninstall` (called by the
+host's ``deactivate()``) takes each one out again.
 
 What cannot be worked around stops with one line (:class:`MMRecUnsupported`): the image+text
 requirement of DAMRS, LGMRec, PGL, MVGAE, MGCN, SMORE and SLMRec (their forward reads both
@@ -45,9 +48,10 @@ import numpy as np
 import torch
 
 from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.hosts.base import Patches
 from urecjpq_plugin.hosts.mmrec import scatter as scatter_compat
 
-_INSTALLED = False
+_SHIMS = Patches()
 #: model -> module it needs that this stack may lack (checked before MMRec imports the model)
 NEEDS_MODULE = {"SLMRec": "torch_scatter", "MGCN": "torch_scatter", "SMORE": "torch_scatter"}
 #: models whose ``result_embed`` Parameter is a forward cache that MMRec later overwrites
@@ -67,14 +71,13 @@ class MMRecUnsupported(URecJPQError):
 
 # -- process-wide shims -------------------------------------------------------------------------
 def _cuda_is_identity_without_gpu() -> None:
-    if torch.cuda.is_available() or getattr(torch.Tensor.cuda, "_urecjpq", False):
+    if torch.cuda.is_available():
         return
 
     def cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self
 
-    cuda._urecjpq = True  # type: ignore[attr-defined]
-    torch.Tensor.cuda = cuda  # type: ignore[method-assign]
+    _SHIMS.set(torch.Tensor, "cuda", cuda)
 
 
 def sparsesvd(matrix: Any, k: int):
@@ -92,7 +95,7 @@ def _sparsesvd_module() -> None:
         return
     module = types.ModuleType("sparsesvd", "urecjpq_plugin stand-in for sparsesvd (scipy svds)")
     module.sparsesvd = sparsesvd  # type: ignore[attr-defined]
-    sys.modules["sparsesvd"] = module
+    _SHIMS.set_item(sys.modules, "sparsesvd", module)
 
 
 def _models_common_alias() -> None:
@@ -104,23 +107,28 @@ def _models_common_alias() -> None:
     import common.loss
     import models  # noqa: F401  (the parent package must be imported first)
 
-    sys.modules["models.common"] = common
-    sys.modules["models.common.abstract_recommender"] = common.abstract_recommender
-    sys.modules["models.common.loss"] = common.loss
+    _SHIMS.set_item(sys.modules, "models.common", common)
+    _SHIMS.set_item(sys.modules, "models.common.abstract_recommender", common.abstract_recommender)
+    _SHIMS.set_item(sys.modules, "models.common.loss", common.loss)
 
 
 def install() -> None:
     """Install the process-wide shims (idempotent). MMRec's ``src`` must be importable."""
-    global _INSTALLED
-    if _INSTALLED:
+    if _SHIMS.active:
         return
     if not hasattr(np, "float"):
-        np.float = float  # type: ignore[attr-defined]
+        _SHIMS.set(np, "float", float)
     _cuda_is_identity_without_gpu()
     _sparsesvd_module()
     _models_common_alias()
-    scatter_compat.install()
-    _INSTALLED = True
+    if scatter_compat.needed():
+        _SHIMS.set_item(sys.modules, scatter_compat.MODULE_NAME, scatter_compat.standin_module())
+    _SHIMS.active = True
+
+
+def uninstall() -> None:
+    """Take every shim of :func:`install` out again (``np.float``, ``Tensor.cuda``, the stand-in modules)."""
+    _SHIMS.undo()
 
 
 # -- per-model checks and fixes ---------------------------------------------------------------
@@ -129,7 +137,7 @@ def check_importable(model_name: str) -> None:
     if needed and importlib.util.find_spec(needed) is None:
         raise MMRecUnsupported(
             f"{model_name} imports {needed}, which is not installed (it needs a compiled build matching this torch); "
-            f"install {needed} for torch {torch.__version__.split('+')[0]} to run it"
+            f"install torch_geometric (the mmrec extra) or {needed} for torch {torch.__version__.split('+')[0]} to run it"
         )
 
 

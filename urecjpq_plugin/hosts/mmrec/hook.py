@@ -110,7 +110,11 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 # jpq_degree_scale: auto applies to these (scores from dot products of the rows or of their linear
 # propagation; see hosts.recbole.DEGREE_SCALE_MODELS for what was measured).
 DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
-PQ_FULL_SORT = {"BPR": (lambda model, interaction: model.get_user_embedding(interaction[0]), "item_embedding")}
+def _bpr_query(model: nn.Module, interaction: Any) -> torch.Tensor:
+    return model.get_user_embedding(interaction[0])
+
+
+PQ_FULL_SORT = {"BPR": (_bpr_query, "item_embedding")}
 
 
 def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
@@ -181,7 +185,7 @@ def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfi
 # -- the hook -------------------------------------------------------------------------------------
 def _wrap_model_class(cls: type) -> type:
     return wrap_model_class(cls, compress_model, _WRAPPED, before_init=lambda c, config, data: mmrec_compat.before_init(
-        c.__name__, config, data), after_init=mmrec_compat.after_init)
+        c.__name__, config, data), after_init=mmrec_compat.after_init, rewrap=_wrap_model_class)
 
 
 def activate() -> None:
@@ -202,8 +206,10 @@ def activate() -> None:
 
 
 def deactivate() -> None:
-    """Undo :func:`activate`: MMRec's ``get_model``, ``get_trainer`` and ``Config`` bindings are restored."""
+    """Undo :func:`activate`: MMRec's ``get_model``, ``get_trainer`` and ``Config`` bindings are restored and
+    the compatibility shims taken out."""
     _PATCHES.undo()
+    mmrec_compat.uninstall()
 
 
 def is_active() -> bool:

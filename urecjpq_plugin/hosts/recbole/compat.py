@@ -30,6 +30,7 @@ from importlib.util import find_spec
 from typing import Any, Callable
 
 from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.hosts.base import Patches
 
 
 class RecBoleExtraMissingError(URecJPQError):
@@ -252,6 +253,7 @@ def _distutils_missing() -> bool:
 
 
 # -- entry point ------------------------------------------------------------------------------------
+_SHIMS = Patches()
 _APPLIED: list[str] | None = None
 
 
@@ -263,29 +265,38 @@ def apply() -> list[str]:
     applied = []
     if _ray_missing():  # before anything imports recbole.quick_start
         for name, module in ray_stand_in().items():
-            sys.modules.setdefault(name, module)
+            _SHIMS.set_item(sys.modules, name, module)
         applied.append("ray stand-in")
     if _distutils_missing():
         for name, module in distutils_stand_in().items():
-            sys.modules.setdefault(name, module)
+            _SHIMS.set_item(sys.modules, name, module)
         applied.append("distutils.version stand-in")
     if _dok_lacks_update():
         from scipy.sparse import dok_matrix
 
-        dok_matrix._update = dok_update
+        _SHIMS.set(dok_matrix, "_update", dok_update)
         applied.append("dok_matrix._update")
     if _numpy_lacks_float_():
         from recbole.config import configurator
 
-        configurator.Config.compatibility_settings = set_numpy1_aliases
+        # RecBole's own compatibility_settings sets the numpy aliases on every Config; so does this one
+        # (without numpy 2's removed names): aliases set while active stay, as RecBole's would
+        _SHIMS.set(configurator.Config, "compatibility_settings", set_numpy1_aliases)
         applied.append("numpy 1 aliases")
     from recbole.data.dataset import dataset
 
     if _pandas_chained_fillna_is_lost():
-        dataset.Dataset._fill_nan = fill_nan
+        _SHIMS.set(dataset.Dataset, "_fill_nan", fill_nan)
         applied.append("Dataset._fill_nan")
     if _pandas_chained_fillna_is_lost() or _pandas_agg_len_aggregates():
-        dataset.Dataset._from_scratch = with_pandas2_semantics(dataset.Dataset._from_scratch)
+        _SHIMS.set(dataset.Dataset, "_from_scratch", with_pandas2_semantics(dataset.Dataset._from_scratch))
         applied.append("pandas 2 semantics while loading datasets")
     _APPLIED = applied
     return list(applied)
+
+
+def remove() -> None:
+    """Undo :func:`apply`: every shim it installed is taken out (the host's ``deactivate()`` calls it)."""
+    global _APPLIED
+    _SHIMS.undo()
+    _APPLIED = None

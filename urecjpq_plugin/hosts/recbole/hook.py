@@ -86,7 +86,7 @@ def _other_parameter(cls: type) -> dict:
 
 def _wrap_model_class(cls: type) -> type:
     """Subclass ``cls`` so construction ends with the JPQ swap (when the config asks for it)."""
-    return wrap_model_class(cls, compress_model, _WRAPPED, members=_other_parameter)
+    return wrap_model_class(cls, compress_model, _WRAPPED, members=_other_parameter, rewrap=_wrap_model_class)
 
 
 def compute_codes(config: JPQConfig, dataset: Any, interactions: Callable[[], Any] | None = None) -> dict[str, torch.Tensor]:
@@ -182,8 +182,11 @@ def activate() -> None:
 
 def deactivate() -> None:
     """Undo :func:`activate`: every RecBole attribute it (or a hooked ``get_model``) replaced is restored.
-    Models built meanwhile keep their JPQ tables."""
+    Models built meanwhile keep their JPQ tables; the compatibility shims are taken out too."""
+    from urecjpq_plugin.hosts.recbole.compat import remove as remove_recbole_compat
+
     _PATCHES.undo()
+    remove_recbole_compat()
 
 
 def is_active() -> bool:
