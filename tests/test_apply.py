@@ -193,7 +193,7 @@ def test_svd_codes_come_from_interactions_and_given_codes_are_used_as_is():
         (lambda m: setattr(m, "item_table", nn.Parameter(torch.randn(N_ITEMS, 18))), JPQConfigError,
          "embedding size 18 of item_table is not a multiple of jpq_M=4"),
         (lambda m: register_id_tables(ParamModel, user=["user_embedding"], item=["missing"]), JPQTargetError,
-         "registered item table 'missing' does not exist"),
+         "declared item table 'missing' does not exist"),
         (None, JPQConfigError, r"codes\['item'\]: codes hold values in \[0, 8\]; valid sub-ids are \[0, 8\)"),
         (None, JPQConfigError, r"codes\['user'\] has shape \(39, 4\)"),
         (None, JPQConfigError, r"counts=.* lacks a positive integer ID count for \['item'\]"),
@@ -348,3 +348,29 @@ def test_config_may_be_a_dict_of_its_fields():
     assert (report.M, report.ksub) == (4, 8)
     with pytest.raises(JPQConfigError, match=r"unknown keys \['Mm'\]"):
         apply_jpq(TinyBPR(), {"Mm": 4}, COUNTS)
+
+
+class OddNames(nn.Module):
+    """Tables the default rule cannot find by name (nor by shape: two tables of the item count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.people = nn.Embedding(N_USERS, D)
+        self.things = nn.Embedding(N_ITEMS, D)
+        self.things_bias_table = nn.Embedding(N_ITEMS, D)
+
+
+def test_tables_argument_names_the_tables_without_the_registry():
+    with pytest.raises(JPQTargetError, match="searched nn.Embedding modules"):
+        apply_jpq(OddNames(), JPQConfig(M=4, ksub=16, code_assign="random"), counts={"user": N_USERS, "item": N_ITEMS})
+    model = OddNames()
+    apply_jpq(model, JPQConfig(M=4, ksub=16, code_assign="random"), counts={"user": N_USERS, "item": N_ITEMS},
+              tables={"user": ["people"], "item": ["things"]})
+    assert sorted(jpq_modules(model)) == ["people", "things"] and isinstance(model.things_bias_table, nn.Embedding)
+    for bad, says in [({"user": "people"}, "is invalid; give {entity: [attribute paths]}"),
+                      ({"shop": ["things"]}, "names entities ['shop']; valid: user, item"),
+                      ({"user": ["nobody"]}, "declared user table 'nobody' does not exist")]:
+        untouched = OddNames()
+        with pytest.raises((JPQConfigError, JPQTargetError), match=says if "searched" in says else re.escape(says)):
+            apply_jpq(untouched, JPQConfig(M=4, ksub=16, code_assign="random"), counts={"user": N_USERS, "item": N_ITEMS}, tables=bad)
+        assert jpq_modules(untouched) == {}

@@ -142,7 +142,7 @@ def test_registry_declares_custom_tables():
     refs = find_id_tables(Custom(), COUNTS, ["user", "item"])
     assert {r.path: r.entity for r in refs} == {"people": "user", "things": "item"}
     register_id_tables(Custom, user=["persons"])
-    with pytest.raises(JPQTargetError, match="registered user table 'persons' does not exist"):
+    with pytest.raises(JPQTargetError, match="declared user table 'persons' does not exist"):
         find_id_tables(Custom(), COUNTS, ["user"])
 
 

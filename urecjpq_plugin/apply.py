@@ -173,15 +173,33 @@ def _as_config(config: Any) -> JPQConfig:
     raise JPQConfigError(f"config is a {type(config).__name__}; give a JPQConfig or a dict of its fields")
 
 
+def _checked_tables(tables: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(tables, Mapping) or not all(
+        isinstance(e, str) and not isinstance(p, str) and all(isinstance(x, str) for x in p) for e, p in tables.items()
+    ):
+        raise JPQConfigError(
+            f"tables={tables!r} is invalid; give {{entity: [attribute paths]}}, e.g. {{'user': ['user_embedding'], "
+            f"'item': ['item_embedding']}} (entities: {', '.join(ID_TARGETS)})"
+        )
+    unknown = sorted(set(tables) - set(ID_TARGETS))
+    if unknown:
+        raise JPQConfigError(f"tables names entities {unknown}; valid: {', '.join(ID_TARGETS)}")
+    return {entity: tuple(paths) for entity, paths in tables.items()}
+
+
 def apply_jpq(
     model: nn.Module,
     config: JPQConfig | Mapping[str, Any],
     counts: Mapping[str, int],
     codes: Mapping[str, Any] | None = None,
     interactions: Any = None,
+    tables: Mapping[str, Any] | None = None,
 ) -> JPQReport:
     """Swap ``model``'s user/item ID tables for :class:`JPQEmbedding` tables, in place.
 
+    ``tables``: the tables to swap, by entity (``{"user": ["user_embedding"], "item": [...]}``, dotted
+    attribute paths); without it the registry (:func:`~urecjpq_plugin.inject.register_id_tables`), then
+    the default rule (tables named like user/item whose rows match ``counts``).
     ``counts``: ID count per entity (``{"user": n_users, "item": n_items}``); ``codes``: optional
     ``{entity: [rows, M]}`` codes to use as given; otherwise ``config.code_assign`` decides: ``svd``
     from ``interactions`` (a scipy users x items training matrix) or ``random``. Every check (tables,
@@ -195,7 +213,9 @@ def apply_jpq(
         )
     _refuse_compressed(model)
     counts = _checked_counts(counts, config.id_targets)
-    refs = find_id_tables(model, counts, config.id_targets)
+    if tables is not None:
+        tables = _checked_tables(tables)
+    refs = find_id_tables(model, counts, config.id_targets, tables, "apply_jpq(tables=...)")
     unmatched = [e for e in counts if e not in {r.entity for r in refs}]
     if unmatched:
         rows = sorted({shape[0] for _, _, shape in list_candidate_tables(model)})

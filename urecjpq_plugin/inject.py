@@ -95,12 +95,12 @@ def match_id_tables(
             for path in paths:
                 if path not in by_path:
                     raise JPQTargetError(
-                        f"registered {entity} table {path!r} does not exist; tables present: {sorted(by_path)}"
+                        f"declared {entity} table {path!r} does not exist; tables present: {sorted(by_path)}"
                     )
                 kind, shape = by_path[path]
                 if entity in counts and shape[0] != counts[entity]:
                     raise JPQTargetError(
-                        f"registered {entity} table {path!r} has {shape[0]} rows, expected {counts[entity]}"
+                        f"declared {entity} table {path!r} has {shape[0]} rows, expected {counts[entity]}"
                     )
                 refs.append(TableRef(path, entity, kind, (shape[0], shape[1])))
         return refs
