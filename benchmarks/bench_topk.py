@@ -56,7 +56,7 @@ def parse_args(argv=None):
 
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
-    faiss = kernels._faiss()
+    faiss = kernels.faiss_or_none()
     if faiss is not None:
         faiss.omp_set_num_threads(n)
 

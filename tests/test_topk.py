@@ -12,7 +12,7 @@ from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin import topk_kernels
 from urecjpq_plugin.topk import TopKError, choose_method, pq_scores, scores_from_codes, topk_from_codes
 
-HAVE_FAISS = topk_kernels._faiss() is not None
+HAVE_FAISS = topk_kernels.faiss_or_none() is not None
 TOPK_METHODS = ["lut", "matmul", "auto"] + (["faiss"] if HAVE_FAISS else [])
 
 

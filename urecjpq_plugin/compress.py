@@ -20,7 +20,7 @@ from urecjpq_plugin.apply import STATE_FORMAT, JPQReport, load_jpq
 from urecjpq_plugin.codes import code_dtype
 from urecjpq_plugin.config import JPQConfig, URecJPQError
 from urecjpq_plugin.inject import _resolve, _table_of, find_id_tables
-from urecjpq_plugin.pq import ProductQuantizer, relative_error
+from urecjpq_plugin.pq import ProductQuantizer, decode_rows, relative_error
 
 
 class CompressError(URecJPQError):
@@ -75,7 +75,7 @@ def quantize_model(
         parent, leaf = _resolve(model, ref.path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
         codes, centroids = quantize_table(table, M, ksub, seed, padding_idx, iters)
-        decoded = torch.cat([centroids[k, codes[:, k].long()] for k in range(M)], dim=1)
+        decoded = decode_rows(centroids, codes)
         if padding_idx is not None:
             decoded[padding_idx] = 0
         entries.append({

@@ -23,7 +23,7 @@ import torch
 from urecjpq_plugin.cli_parser import ArgumentParser
 from urecjpq_plugin.config import URecJPQError
 from urecjpq_plugin.jpq import JPQEmbedding
-from urecjpq_plugin.topk_kernels import pack_codes  # noqa: F401 (faiss code layout; public here too)
+from urecjpq_plugin.topk_kernels import faiss_or_none, pack_codes, pq_nbits  # pack_codes: the faiss code layout, public here too
 
 
 class ExportError(URecJPQError):
@@ -31,17 +31,16 @@ class ExportError(URecJPQError):
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise ExportError("faiss is not installed; pip install 'urecjpq_plugin[faiss]' (or faiss-cpu)") from None
+    faiss = faiss_or_none()
+    if faiss is None:
+        raise ExportError("faiss is not installed; pip install 'urecjpq_plugin[faiss]' (or faiss-cpu)")
     return faiss
 
 
 def nbits_for(ksub: int) -> int:
     """faiss PQ stores ``nbits`` per sub-id, so ``ksub`` must be ``2**nbits`` (faiss allows up to 16)."""
-    nbits = int(ksub).bit_length() - 1
-    if ksub < 2 or 2**nbits != ksub or nbits > 16:
+    nbits = pq_nbits(ksub)
+    if nbits is None:
         raise ExportError(f"ksub={ksub} cannot be a faiss PQ codebook; it must be a power of 2 in [2, 65536]")
     return nbits
 

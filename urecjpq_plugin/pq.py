@@ -20,6 +20,18 @@ import torch
 from urecjpq_plugin.config import JPQConfigError
 
 
+def decode_rows(centroids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``codes [n, M]`` -> rows ``[n, M * dsub]``: the concatenated ``centroids [M, ksub, dsub]`` they name.
+
+    The plugin's one decode (quantiser, compress, top-k; :class:`~urecjpq_plugin.jpq.JPQEmbedding`
+    gathers the same flat rows with a backward of its own). One ``index_select`` on the flattened
+    codebook with an int32 row index (cheaper to build than int64), not a loop over splits.
+    """
+    M, ksub, dsub = centroids.shape
+    rows = codes.to(torch.int32) + torch.arange(0, M * ksub, ksub, dtype=torch.int32, device=codes.device)
+    return centroids.reshape(M * ksub, dsub).index_select(0, rows.reshape(-1)).reshape(codes.shape[0], M * dsub)
+
+
 def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
     """``||x - approx||_F / ||x||_F``: the plugin's one reconstruction error (a norm ratio; 0 is exact)."""
     x = torch.as_tensor(x).detach().float().cpu()
@@ -128,7 +140,7 @@ class ProductQuantizer:
         codes = torch.as_tensor(codes).long()
         if codes.ndim != 2 or codes.shape[1] != self.M:
             raise JPQConfigError(f"codes have shape {tuple(codes.shape)}; this quantiser decodes [N, {self.M}]")
-        return torch.cat([centroids[k, codes[:, k]] for k in range(self.M)], dim=1)
+        return decode_rows(centroids, codes)
 
     def relative_error(self, x: torch.Tensor) -> float:
         """:func:`relative_error` of ``x`` and ``decode(encode(x))``: ``||x - x_hat||_F / ||x||_F``."""

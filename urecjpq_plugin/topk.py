@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from urecjpq_plugin import topk_kernels as kernels
+from urecjpq_plugin.pq import decode_rows
 from urecjpq_plugin.config import URecJPQError
 
 # Items per chunk when the caller gives none: keeps a chunk's [B, chunk] scores near 4 MiB (and the
@@ -282,7 +283,7 @@ def _scan_topk(S, codes, k, chunk, padding_idx, pairs, row_scale=None) -> tuple[
 def _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs, row_scale=None):
     best = _RunningTopK(k)
     for start in range(0, codes.shape[0], chunk):
-        scores = _scaled(queries @ kernels.decode_rows(sub_embeddings, codes[start : start + chunk]).T, start, row_scale)
+        scores = _scaled(queries @ decode_rows(sub_embeddings, codes[start : start + chunk]).T, start, row_scale)
         _mask(scores, start, padding_idx, pairs)
         best.add(scores, start)
     return best.values, best.indices
@@ -394,7 +395,7 @@ def scores_from_codes(
     if torch.is_grad_enabled() and (queries.requires_grad or sub_embeddings.requires_grad):
         if chosen == "lut":
             return pq_scores(queries, sub_embeddings, codes, padding_idx)
-        scores = queries.to(sub_embeddings.dtype) @ kernels.decode_rows(sub_embeddings, codes).T
+        scores = queries.to(sub_embeddings.dtype) @ decode_rows(sub_embeddings, codes).T
         if padding_idx is not None:
             scores = scores.index_fill(1, torch.tensor([padding_idx], device=scores.device), 0.0)
         return scores
@@ -403,13 +404,13 @@ def scores_from_codes(
         if chosen == "matmul" and n_items * d <= SMALL_TABLE_FLOATS:
             scores = queries @ kernels.decoded_table(sub_embeddings, codes).T
         elif chosen == "matmul" and 4 * d <= batch:  # the decoded table is under 1/4 of the scores returned
-            scores = queries @ kernels.decode_rows(sub_embeddings, codes).T
+            scores = queries @ decode_rows(sub_embeddings, codes).T
         else:
             scores = torch.empty(batch, n_items, dtype=queries.dtype, device=queries.device)
             if chosen == "matmul":
                 chunk = _matmul_chunk(batch, d)
                 for start in range(0, n_items, chunk):
-                    rows = kernels.decode_rows(sub_embeddings, codes[start : start + chunk])
+                    rows = decode_rows(sub_embeddings, codes[start : start + chunk])
                     scores[:, start : start + rows.shape[0]] = queries @ rows.T
             else:
                 S = lookup_tables(queries, sub_embeddings)

@@ -13,7 +13,7 @@ table); :mod:`urecjpq_plugin.topk` picks one per call from a cost model.
   the uint8 codes read as uint16 index ``M/2`` table entries per item instead of ``M``. Measured at 10^6
   items, d=64, M=8, 1 thread: 10-16 ms against 26-34 ms for per-split gathers, 25-34 ms for
   ``embedding_bag`` and ~100 ms for numpy ``take``.
-- **chunk decode** (``decode_rows``): rows ``[n, d]`` of a chunk of codes, for BLAS matmul on big batches.
+- **chunk decode** (:func:`urecjpq_plugin.pq.decode_rows`, the one decode): rows ``[n, d]`` of a chunk of codes, for BLAS matmul on big batches.
 """
 
 from __future__ import annotations
@@ -24,16 +24,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from urecjpq_plugin.pq import decode_rows
+
 _PAIR = 256 * 256  # entries per merged pair table (uint16 index)
 
 
 # -- faiss --------------------------------------------------------------------------------------
-def _faiss() -> Any | None:
+def faiss_or_none() -> Any | None:
+    """The faiss module, or ``None`` when it is not installed (the plugin's one faiss import)."""
     try:
         import faiss
     except ImportError:
         return None
     return faiss
+
+
+def pq_nbits(ksub: int) -> int | None:
+    """faiss PQ stores ``nbits`` per sub-id: ``ksub`` must be ``2**nbits`` with nbits <= 16; else ``None``."""
+    nbits = int(ksub).bit_length() - 1
+    return nbits if ksub >= 2 and 2**nbits == ksub and nbits <= 16 else None
 
 
 class _TensorKeyedCache:
@@ -61,19 +70,15 @@ _PACKED_CODES = _TensorKeyedCache()
 
 def faiss_nbits(sub_embeddings: torch.Tensor, codes: torch.Tensor) -> int | None:
     """faiss's bits per sub-id for this table, or ``None`` when the faiss scan cannot serve it."""
-    if _faiss() is None or sub_embeddings.device.type != "cpu" or codes.device.type != "cpu":
+    if faiss_or_none() is None or sub_embeddings.device.type != "cpu" or codes.device.type != "cpu":
         return None
     if sub_embeddings.dtype != torch.float32:
         return None
-    ksub = sub_embeddings.shape[1]
-    nbits = ksub.bit_length() - 1
-    if ksub < 2 or 2**nbits != ksub or nbits > 16:
-        return None
-    return nbits
+    return pq_nbits(sub_embeddings.shape[1])
 
 
 def _quantizer(sub_embeddings: torch.Tensor, nbits: int) -> Any:
-    faiss = _faiss()
+    faiss = faiss_or_none()
     M, _, dsub = sub_embeddings.shape
 
     def build(sub: torch.Tensor, old: Any) -> Any:
@@ -100,7 +105,7 @@ def _code_bytes(codes: torch.Tensor, nbits: int) -> np.ndarray:
 
 def faiss_topk(queries: torch.Tensor, sub_embeddings: torch.Tensor, codes: torch.Tensor, k: int, nbits: int):
     """``(values, indices)`` ``[B, k]`` by inner product, best first, from faiss's PQ scan over ``codes``."""
-    faiss = _faiss()
+    faiss = faiss_or_none()
     pq = _quantizer(sub_embeddings, nbits)
     code_bytes = _code_bytes(codes, nbits)
     x = np.ascontiguousarray(queries.detach().to(torch.float32).cpu().numpy())
@@ -143,14 +148,6 @@ def pair_scores(P: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> torc
 
 
 # -- chunk decode -----------------------------------------------------------------------------------
-def decode_rows(sub_embeddings: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """``codes [n, M]`` -> decoded rows ``[n, d]`` (int32 index: cheaper to build than int64)."""
-    M, ksub, dsub = sub_embeddings.shape
-    rows = codes.to(torch.int32) + torch.arange(0, M * ksub, ksub, dtype=torch.int32, device=codes.device)
-    flat = sub_embeddings.reshape(M * ksub, dsub)
-    return flat.index_select(0, rows.reshape(-1)).reshape(codes.shape[0], M * dsub)
-
-
 _DECODED = _TensorKeyedCache()
 
 
