@@ -286,3 +286,17 @@ def test_ctrl_c_is_one_line_and_records_no_failure(tmp_path, monkeypatch, capsys
     assert err[-1].startswith("urecjpq bench: interrupted; rerun the same command to resume")
     assert "Traceback" not in "\n".join(err)
     assert not list((out / "runs").glob("*.json"))  # nothing recorded as failed: a rerun runs it
+
+
+def test_bench_without_its_extra_says_what_to_install(monkeypatch, capsys):
+    """urecjpq_bench is its own package and needs the bench extra: without it, one line and exit code 2."""
+    import sys
+
+    from urecjpq_plugin.cli import main
+
+    for name in [m for m in sys.modules if m == "urecjpq_bench" or m.startswith("urecjpq_bench.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if the extra were not installed
+    assert main(["bench", "--models", "BPR"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'urecjpq_plugin[bench]'" in err and "tqdm" in err
