@@ -10,7 +10,7 @@ and updated exactly as in the plain table. Host-free; a host adapter decides whi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,14 @@ def sums_splits(width: int, M: int) -> bool:
 def compressed_params(width: int, M: int, ksub: int) -> int:
     """Trainable parameters of one compressed range of a ``width``-wide table."""
     return ksub * width * (M if sums_splits(width, M) else 1)
+
+
+def kept_rows_mask(ranges: Sequence[RowRange], num_embeddings: int, device: Any = None) -> torch.Tensor:
+    """``[num_embeddings]`` bool: the rows outside every compressed range (the ordinary learned rows)."""
+    keep = torch.ones(num_embeddings, dtype=torch.bool, device=device)
+    for r in ranges:
+        keep[r.start:r.stop] = False
+    return keep
 
 
 def check_ranges(ranges: Sequence[RowRange], num_embeddings: int, table: str = "table") -> None:
@@ -133,10 +141,7 @@ class RowRangeEmbedding(nn.Module):
                 )
             local_padding = padding_idx - r.start if padding_idx is not None and r.start <= padding_idx < r.stop else None
             parts.append(_part_from_rows(weight[r.start:r.stop], entity_codes, ksub, local_padding, split_dropout))
-        keep = torch.ones(num_embeddings, dtype=torch.bool, device=weight.device)
-        for r in ranges:
-            keep[r.start:r.stop] = False
-        kept = weight.detach()[keep].clone().requires_grad_(weight.requires_grad)
+        kept = weight.detach()[kept_rows_mask(ranges, num_embeddings, weight.device)].clone().requires_grad_(weight.requires_grad)
         return cls(ranges, parts, kept, padding_idx).to(device=weight.device, dtype=weight.dtype)
 
     # -- reading --------------------------------------------------------------------------------

@@ -45,34 +45,28 @@ _MISSING = object()
 
 # -- patches ----------------------------------------------------------------------------------------
 class Patches:
-    """Attributes (and ``sys.modules`` entries) a host replaced, with their originals; :meth:`undo` puts
-    every one back, newest first."""
+    """Attributes (and ``sys.modules`` entries) a host replaced; :meth:`undo` puts every original back,
+    newest first."""
 
     def __init__(self) -> None:
-        self._saved: list[tuple[Any, str, Any, bool]] = []
+        self._restores: list[Callable[[], None]] = []
         self.active = False
 
     def set(self, owner: Any, name: str, value: Any) -> None:
-        self._saved.append((owner, name, vars(owner).get(name, _MISSING), False))
+        original = vars(owner).get(name, _MISSING)  # _MISSING: inherited or absent, so undo deletes ours
+        self._restores.append(lambda: delattr(owner, name) if original is _MISSING else setattr(owner, name, original))
         setattr(owner, name, value)
 
     def set_item(self, mapping: dict, key: str, value: Any) -> None:
         """``mapping[key] = value`` (e.g. a stand-in module in ``sys.modules``), undone like :meth:`set`."""
-        self._saved.append((mapping, key, mapping.get(key, _MISSING), True))
+        original = mapping.get(key, _MISSING)
+        self._restores.append(lambda: mapping.pop(key, None) if original is _MISSING else mapping.__setitem__(key, original))
         mapping[key] = value
 
     def undo(self) -> None:
-        for owner, name, original, is_item in reversed(self._saved):
-            if is_item:
-                if original is _MISSING:
-                    owner.pop(name, None)
-                else:
-                    owner[name] = original
-            elif original is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        self._saved.clear()
+        for restore in reversed(self._restores):
+            restore()
+        self._restores.clear()
         self.active = False
 
 

@@ -117,8 +117,7 @@ def mmrec_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module, A
     from utils.configurator import Config
     from utils.utils import get_model, init_seed
 
-    config_dict = mmrec_run.base_config_dict({**config_dict, "jpq": False})
-    config_dict = {**mmrec_run.dataset_yaml_fallback(args.dataset, config_dict), **config_dict}
+    config_dict = mmrec_run.launch_config(args.dataset, {**config_dict, "jpq": False})
     with _argv_alone():
         config = Config(args.model, args.dataset, config_dict)
     for key in config["hyper_parameters"] or []:  # the first combination of MMRec's grid

@@ -81,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from utils.quick_start import quick_start
 
-        config = mmrec_run.base_config_dict(overrides)
-        config = {**mmrec_run.dataset_yaml_fallback(args.dataset, config), **config}
+        config = mmrec_run.launch_config(args.dataset, overrides)
         first = len(mmrec_run.RUNS)
         quick_start(model=args.model, dataset=args.dataset, config_dict=config, save_model=True)
         if len(mmrec_run.RUNS) > first:

@@ -181,6 +181,13 @@ def base_config_dict(overrides: Mapping[str, Any]) -> dict:
     return config
 
 
+def launch_config(dataset: str, overrides: Mapping[str, Any]) -> dict:
+    """:func:`base_config_dict` plus the dataset keys MMRec would lack (:func:`dataset_yaml_fallback`);
+    the overrides win."""
+    config = base_config_dict(overrides)
+    return {**dataset_yaml_fallback(dataset, config), **config}
+
+
 def first_grid_point(model: str) -> dict:
     """MMRec's grid (``hyper_parameters`` of ``configs/model/<model>.yaml``) pinned to each list's first value.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import sys
 import types
 from typing import Optional
 
@@ -57,8 +58,6 @@ def standin_module() -> types.ModuleType:
 def needed() -> bool:
     """True when ``torch_scatter`` does not import (missing, or built for another torch) and the stand-in can
     serve (torch_geometric is installed)."""
-    import sys
-
     if MODULE_NAME in sys.modules or importlib.util.find_spec("torch_geometric") is None:
         return False
     if importlib.util.find_spec(MODULE_NAME) is not None:
