@@ -14,6 +14,7 @@ anything changes.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -224,16 +225,14 @@ def apply_jpq(
             f"{type(model).__name__} (its tables' row counts: {rows}); give the tables' row counts"
         )
     config = config.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
-    for ref in refs:
-        config.check_dim(ref.shape[1], table=ref.path)
-        config.check_rows(ref.shape[0], table=ref.path)
     entities = list(dict.fromkeys(r.entity for r in refs))
     if codes is not None:
-        by_entity, how = _given_codes(codes, counts, entities, config), "given"
+        by_entity, how = functools.cache(lambda: _given_codes(codes, counts, entities, config)), "given"
     else:
-        by_entity, how = _assigned_codes(config, counts, entities, interactions), config.code_assign
+        by_entity, how = functools.cache(lambda: _assigned_codes(config, counts, entities, interactions)), config.code_assign
     before = count_trainable(model)
-    records = inject_jpq(model, refs, by_entity.__getitem__, config, lambda: degree_scales(config, interactions))
+    # inject_jpq checks every table (width, rows, options) before it asks for the first entity's codes
+    records = inject_jpq(model, refs, lambda entity: by_entity()[entity], config, lambda: degree_scales(config, interactions))
     return _report(model, records, config.M, config.ksub, how, before)
 
 
