@@ -18,6 +18,8 @@ from urecjpq_plugin.config import JPQConfigError
 from urecjpq_plugin.features import feature_id_codes, normalised_concat, pq_feature_table, user_mean_features
 from urecjpq_plugin.hosts.mmrec import hook as mmrec
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
+from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
+from urecjpq_plugin.hosts.mmrec import tables as mmrec_tables
 from urecjpq_plugin.hosts.mmrec.cli import LauncherError, overrides_from_argv
 from urecjpq_plugin.inject import _REGISTRY, JPQTargetError, count_trainable, register_id_tables
 from urecjpq_plugin.jpq import JPQEmbedding
@@ -257,10 +259,10 @@ def test_bad_dimension_fails_before_any_change():
 
 def test_table_parameters_counts_id_and_feature_tables():
     model = EmbeddingModel()
-    base = mmrec.table_parameters(model, N_USERS, N_ITEMS)
+    base = mmrec_tables.table_parameters(model, N_USERS, N_ITEMS)
     assert base == ((N_USERS + N_ITEMS) * DIM, N_ITEMS * 24)
     compress(model, jpq_targets=["user", "item", "text"])
-    ids, feats = mmrec.table_parameters(model, N_USERS, N_ITEMS)
+    ids, feats = mmrec_tables.table_parameters(model, N_USERS, N_ITEMS)
     assert ids == 2 * 4 * 8 * (DIM // 4)
     assert feats == model.text_embedding.sub_embeddings.numel()
 
@@ -277,7 +279,7 @@ def test_registry_is_honoured_by_the_mmrec_host():
     assert {r.path: r.entity for r in summary["records"]} == {"people": "user", "things": "item", "both": "user+item"}
     assert isinstance(model.people, JPQEmbedding) and isinstance(model.things_jpq, JPQEmbedding)
     assert model.both.padding_idx == 0 and model.both.ksub == 16 and not model.both(torch.tensor([0])).any()
-    assert mmrec.table_parameters(model, N_USERS, N_ITEMS)[0] == 8 * DIM + 8 * DIM + 16 * DIM
+    assert mmrec_tables.table_parameters(model, N_USERS, N_ITEMS)[0] == 8 * DIM + 8 * DIM + 16 * DIM
 
 
 def test_yaml_jpq_tables_are_honoured_and_the_registry_comes_first():
@@ -402,7 +404,7 @@ def test_missing_torch_scatter_stops_with_one_line(monkeypatch):
 
 def test_grid_scalars_become_one_element_lists():
     cfg = {"hyper_parameters": ["seed", "reg_weight", "dropout"], "seed": [999], "reg_weight": 0.0, "dropout": [0.8, 0.9]}
-    mmrec._grid_scalars_as_lists(cfg)
+    mmrec_run._grid_scalars_as_lists(cfg)
     assert cfg["reg_weight"] == [0.0] and cfg["dropout"] == [0.8, 0.9] and cfg["seed"] == [999]
 
 
@@ -414,9 +416,9 @@ def test_cli_overrides_parse_like_mmrec_yaml():
 
 
 def test_checkpoint_tags_and_state_checks():
-    assert mmrec.checkpoint_tag({"jpq": False}) == "base"
-    assert mmrec.checkpoint_tag({"jpq": True}) == "jpq"
-    assert mmrec.checkpoint_tag({"jpq": True, "jpq_targets": "user,item,text"}) == "jpq-user-item-text"
+    assert mmrec_run.checkpoint_tag({"jpq": False}) == "base"
+    assert mmrec_run.checkpoint_tag({"jpq": True}) == "jpq"
+    assert mmrec_run.checkpoint_tag({"jpq": True, "jpq_targets": "user,item,text"}) == "jpq-user-item-text"
     base = EmbeddingModel()
     state = base.state_dict()
     compressed = EmbeddingModel()
@@ -435,7 +437,7 @@ def test_table_parameters_counts_a_shared_parameter_once():
             self.t_gcn = Preference()
             self.t_preference = self.t_gcn.preference  # what DualGNN.forward does
 
-    assert mmrec.table_parameters(Shared(), N_USERS, N_ITEMS) == (N_USERS * DIM, 0)
+    assert mmrec_tables.table_parameters(Shared(), N_USERS, N_ITEMS) == (N_USERS * DIM, 0)
 
 
 @qualified("models.bpr", "BPR")

@@ -41,32 +41,19 @@ from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_sourc
                    wrap_model_class)
 from urecjpq_plugin.hosts.full_sort import route_full_sort
 from urecjpq_plugin.hosts.mmrec.args import overrides_from_argv
-from urecjpq_plugin.hosts.mmrec.runner import (  # noqa: F401  (names this module has always offered)
-    CACHE_ATTRS,
-    RUNS,
-    _grid_scalars_as_lists,
-    base_config_dict,
-    checkpoint_path,
-    checkpoint_tag,
-    dataset_yaml_fallback,
-    use_mmrec_src,
-)
-from urecjpq_plugin.hosts.mmrec.tables import (  # noqa: F401
+from urecjpq_plugin.hosts.mmrec.runner import base_config_dict, use_mmrec_src
+from urecjpq_plugin.hosts.mmrec.tables import (
     FEATURE_TABLES,
-    TABLE_SPECS,
     UNTRAINED_TABLES,
     class_key,
     entity_counts,
     feature_tables,
     id_table_refs,
-    table_parameters,
 )
 
 __all__ = [
-    "CACHE_ATTRS", "FEATURE_TABLES", "JPQCheckpointError", "RUNS", "TABLE_SPECS", "UNTRAINED_TABLES", "activate",
-    "activate_main", "base_config_dict", "check_state_matches", "checkpoint_path", "checkpoint_tag", "class_key",
-    "compress_model", "compute_codes", "dataset_yaml_fallback", "deactivate", "entity_counts", "evaluate_checkpoint",
-    "feature_tables", "id_table_refs", "is_active", "load_data", "run_one", "table_parameters", "use_mmrec_src",
+    "JPQCheckpointError", "activate", "activate_main", "check_state_matches", "compress_model", "compute_codes",
+    "deactivate", "evaluate_checkpoint", "is_active", "load_data", "run_one",
 ]
 
 _WRAPPED: dict[type, type] = {}
@@ -300,8 +287,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     activate()
     from utils.quick_start import quick_start
 
-    config = base_config_dict({"checkpoint_dir": out_dir, **overrides})
-    config = {**dataset_yaml_fallback(dataset, config), **mmrec_run.first_grid_point(model), **config}
+    config = {**mmrec_run.first_grid_point(model), **mmrec_run.launch_config(dataset, {"checkpoint_dir": out_dir, **overrides})}
     first = len(mmrec_run.RUNS)
     quick_start(model=model, dataset=dataset, config_dict=config, save_model=True)
     runs = mmrec_run.RUNS[first:]
