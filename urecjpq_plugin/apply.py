@@ -38,7 +38,7 @@ from urecjpq_plugin.inject import (
     jpq_module_at,
     jpq_modules,
     list_candidate_tables,
-    swap_table,
+    swap_all,
     swapped_tables,
     unswap_table,
 )
@@ -369,7 +369,5 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
                 module.sub_embeddings.copy_(entry["sub_embeddings"])
             _load_row_scale(module, entry, entry["path"])
             module.split_dropout = float(entry.get("split_dropout", module.split_dropout))
-    for ref, new, _ in built:
-        swap_table(model, ref, new)
-    records = [record for _, _, record in built]
+    records = swap_all(model, built)
     return _report(model, records, entries[0]["M"], entries[0]["ksub"], "checkpoint", before)

@@ -340,7 +340,28 @@ def inject_jpq(
     config: JPQConfig,
     row_scales: Callable[[], Mapping[str, torch.Tensor]] | None = None,
 ) -> list[SwapRecord]:
-    """Validate every table, then swap each for a :class:`JPQEmbedding` sharing its entity's codes.
+    """Validate every table, then swap each for a :class:`JPQEmbedding` sharing its entity's codes
+    (:func:`build_jpq_tables`, then :func:`swap_all`)."""
+    return swap_all(model, build_jpq_tables(model, refs, codes_for, config, row_scales))
+
+
+def swap_all(model: nn.Module, built: list[tuple[TableRef, nn.Module, Any]]) -> list:
+    """Swap in every ``(ref, new table, record)`` built beforehand (so a failing check or constructor changed
+    nothing); the records, in order."""
+    for ref, new, _ in built:
+        swap_table(model, ref, new)
+    return [record for _, _, record in built]
+
+
+def build_jpq_tables(
+    model: nn.Module,
+    refs: list[TableRef],
+    codes_for: Callable[[str], torch.Tensor],
+    config: JPQConfig,
+    row_scales: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+) -> list[tuple[TableRef, JPQEmbedding, SwapRecord]]:
+    """Validate every table, then build a :class:`JPQEmbedding` for each sharing its entity's codes; nothing
+    is swapped yet (:func:`swap_all`).
 
     ``codes_for(entity)`` returns ``[rows, M]`` codes; it is called once per entity, after all
     tables have passed the checks, so bad settings fail before any work or change. ``row_scales()``
@@ -367,9 +388,7 @@ def inject_jpq(
         )
         new.set_row_scale(scales.get(ref.entity))
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
-    for ref, new, _ in built:
-        swap_table(model, ref, new)
-    return [record for _, _, record in built]
+    return built
 
 
 def subclass_with(cls: type, **members: object) -> type:

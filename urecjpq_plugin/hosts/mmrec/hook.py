@@ -33,7 +33,7 @@ from urecjpq_plugin.apply import JPQCheckpointError, building_for_load, is_build
 from urecjpq_plugin.assign import assign_codes
 from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
 from urecjpq_plugin.features import FeatureSwap, check_feature_dim, pq_feature_table
-from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, inject_jpq, swap_table
+from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, build_jpq_tables, swap_all
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
 from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
@@ -140,17 +140,16 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
     training_matrix = functools.cache(lambda: dataloader.inter_matrix(form="csr"))  # codes and degree scales share it
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config, training_matrix))
     scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)
-    joint = [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
-    records = inject_jpq(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg, scales)
-    for ref, new, record in joint:  # built before any swap, like inject_jpq's tables
-        swap_table(model, ref, new)
-        records.append(record)
-    swaps: list[FeatureSwap] = []
+    # validate all, build all (ID tables, GRCN's joint table, feature tables), then swap all
+    built = build_jpq_tables(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg, scales)
+    built += [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
+    features = []
     for target, module in wanted_features.items():
         new, swap = pq_feature_table(module.weight, jcfg.M, jcfg.ksub, jcfg.seed, FEATURE_TABLES[target],
                                      is_building_for_load())
-        swap_table(model, TableRef(FEATURE_TABLES[target], target, "embedding", tuple(module.weight.shape)), new)
-        swaps.append(swap)
+        features.append((TableRef(FEATURE_TABLES[target], target, "embedding", tuple(module.weight.shape)), new, swap))
+    records = swap_all(model, built)
+    swaps: list[FeatureSwap] = swap_all(model, features)
     route_full_sort(model, PQ_FULL_SORT, "models.")  # MMRec returns [B, N] scores
     log_swaps(records, jcfg, before, count_trainable(model), [f"urecjpq: JPQ feature table {s.describe()}" for s in swaps])
     summary = {"records": records, "features": swaps}
