@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -333,16 +333,10 @@ def check_embedding_options(model: nn.Module, ref: TableRef) -> None:
         )
 
 
-def inject_jpq(
-    model: nn.Module,
-    refs: list[TableRef],
-    codes_for: Callable[[str], torch.Tensor],
-    config: JPQConfig,
-    row_scales: Callable[[], Mapping[str, torch.Tensor]] | None = None,
-) -> list[SwapRecord]:
-    """Validate every table, then swap each for a :class:`JPQEmbedding` sharing its entity's codes
-    (:func:`build_jpq_tables`, then :func:`swap_all`)."""
-    return swap_all(model, build_jpq_tables(model, refs, codes_for, config, row_scales))
+def inject_jpq(model: nn.Module, *args: Any, **kwargs: Any) -> list[SwapRecord]:
+    """Validate every table, then swap each for a :class:`JPQEmbedding` sharing its entity's codes:
+    :func:`build_jpq_tables` (same arguments), then :func:`swap_all`."""
+    return swap_all(model, build_jpq_tables(model, *args, **kwargs))
 
 
 def swap_all(model: nn.Module, built: list[tuple[TableRef, nn.Module, Any]]) -> list:
