@@ -24,7 +24,7 @@ def block_matrix(n_users=400, n_items=300, blocks=6, seed=0):
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
 
 
-@pytest.mark.parametrize("how", ["auto", "svd_pq", "svd", "random"])
+@pytest.mark.parametrize("how", ["auto", "svd_pq", "svd_pq_norm", "svd", "random"])
 def test_every_assignment_gives_distinct_deterministic_codes(how):
     # (an svd_proj assignment -- every split a random mix of the top 32 singular directions -- was
     # tried and dropped: ml-100k BPR, M=16, 3 seeds, recall@20 -15.6 % against svd's +1.0 %)
@@ -54,6 +54,39 @@ def test_auto_takes_svd_pq_on_sparse_and_svd_on_dense_interactions(caplog):
             want = assign_codes(JPQConfig(M=8, ksub=32, code_assign=how, seed=3), X)
             assert all(torch.equal(got[e], want[e]) for e in ("user", "item"))
     assert "jpq_code_assign=auto -> svd_pq" in caplog.text and "jpq_code_assign=auto -> svd" in caplog.text
+    # a model propagating over the normalised graph (LightGCN) gets svd_pq_norm on sparse data only
+    assert resolve_auto(sparse, propagates=True) == "svd_pq_norm" and resolve_auto(dense, propagates=True) == "svd"
+    got = assign_codes(cfg, sparse, propagates=True)
+    want = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq_norm", seed=3), sparse)
+    assert all(torch.equal(got[e], want[e]) for e in ("user", "item"))
+
+
+def test_svd_pq_norm_is_svd_pq_of_the_degree_normalised_matrix():
+    from urecjpq_plugin.codes import svd_pq_codes
+
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((400, 300)) < 0.03 * rng.random((400, 1)) * 3).astype(np.float32))  # skewed degrees
+    du, di = np.asarray(X.sum(1)).ravel(), np.asarray(X.sum(0)).ravel()
+    normalised = sp.csr_matrix(X.toarray() / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :])
+    got = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq_norm", seed=3, dim=32), X)
+    want = svd_pq_codes(normalised, 8, 32, 3, rank=32)
+    plain = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq", seed=3, dim=32), X)
+    assert torch.equal(got["user"], want[0]) and torch.equal(got["item"], want[1])
+    assert not torch.equal(got["item"], plain["item"])
+    assert X.sum() == (X != 0).sum()  # the caller's matrix is left as it was (binary)
+
+
+@pytest.mark.parametrize("model_name, propagates", [("BPR", False), ("LightGCN", True)])
+def test_hosts_tell_code_assignment_which_models_propagate(model_name, propagates, recbole_env, monkeypatch):
+    from urecjpq_plugin.hosts.recbole import hook
+
+    seen = []
+    real = hook.assign_codes
+    monkeypatch.setattr(hook, "assign_codes", lambda *a, **kw: seen.append(kw.get("propagates")) or real(*a, **kw))
+    from .test_recbole_models import build
+
+    build(model_name, {**recbole_env, "jpq": True, "jpq_ksub": 64})
+    assert seen == [propagates]
 
 
 def test_features_need_features_and_interactions_are_needed():

@@ -15,15 +15,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from urecjpq_plugin.codes import random_codes
-from urecjpq_plugin.hosts.recbole.ddp import (
-    JPQCodesMismatchError,
-    JPQDistributedError,
-    codes_digest,
-    resolve_backend,
-    run_distributed,
-    sync_jpq_codes,
-    verify_codes_identical,
-)
+from urecjpq_plugin.distributed import JPQCodesMismatchError, codes_digest, sync_jpq_codes, verify_codes_identical
+from urecjpq_plugin.hosts.recbole.ddp import JPQDistributedError, resolve_backend, run_distributed
 from urecjpq_plugin.jpq import JPQEmbedding
 
 # Spread of test recall@10 over seeds 2020-2022 of the 1-process run below was 0.133-0.171 (std
@@ -143,3 +136,72 @@ def test_two_gloo_ranks_train_bpr_like_one_process(tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path / "np2" / "log_tensorboard")) == 1
     r1, r2 = results[1]["test_result"]["recall@10"], two["test_result"]["recall@10"]
     assert abs(r1 - r2) <= RECALL_TOLERANCE, (r1, r2)
+
+
+class _Scorer(_TwoTables):
+    """A user's model with a forward (DDP all-reduces through it), optionally with a batch norm's buffers."""
+
+    def __init__(self, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(8) if batch_norm else None
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        rows = self.user_embedding(users) * self.item_embedding(items)
+        return (self.norm(rows) if self.norm is not None else rows).sum(-1)
+
+
+def _plain_ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    """A user's own loop: wrap_ddp on a model whose ranks drew different codes and sub-embeddings."""
+    from urecjpq_plugin.distributed import JPQDistributedError, fixed_buffer_names, prepare_ddp, wrap_ddp
+
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://localhost:{port}")
+    facts: dict = {}
+    try:
+        for name, batch_norm, wrap in (
+            ("wrap", False, wrap_ddp),
+            ("batchnorm", True, wrap_ddp),
+            ("plain", False, nn.parallel.DistributedDataParallel),  # no plugin call: the control
+        ):
+            torch.manual_seed(rank)  # each rank starts from other sub-embeddings ...
+            model = _Scorer(batch_norm)
+            if rank == 1:  # ... and other codes
+                model.item_embedding.codes.copy_(random_codes(50, 4, 16, seed=99))
+            ddp = wrap(model)
+            fixed = fixed_buffer_names(model)
+            optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+            generator = torch.Generator().manual_seed(10 + rank)  # each rank its own batches
+            for _ in range(3):
+                users = torch.randint(0, 30, (16,), generator=generator)
+                items = torch.randint(0, 50, (16,), generator=generator)
+                optimizer.zero_grad()
+                ddp(users, items).square().mean().backward()
+                optimizer.step()
+            facts[name] = {
+                "codes": codes_digest(model.item_embedding.codes),
+                "sub": codes_digest(model.item_embedding.sub_embeddings.detach()),
+                "synced_each_step": sorted(ddp.named_module_buffers),  # what DDP broadcasts every forward
+                "fixed": fixed,
+            }
+        dist.destroy_process_group()
+        try:
+            prepare_ddp(_Scorer())
+        except JPQDistributedError as err:
+            facts["no_group"] = str(err)
+    finally:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+            json.dump(facts, fh)
+
+
+def test_any_ddp_user_gets_one_code_broadcast_and_no_per_step_buffer_broadcast(tmp_path):
+    mp.spawn(_plain_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for name in ("wrap", "batchnorm"):
+        assert ranks[0][name]["codes"] == ranks[1][name]["codes"]  # rank 0's codes everywhere
+        assert ranks[0][name]["sub"] == ranks[1][name]["sub"]  # same start, all-reduced gradients
+    for r in ranks:
+        assert r["wrap"]["synced_each_step"] == []  # the fixed buffers are never re-sent
+        assert r["batchnorm"]["synced_each_step"] == ["norm.num_batches_tracked", "norm.running_mean", "norm.running_var"]
+        assert "item_embedding.codes" in r["wrap"]["fixed"] and "user_embedding.offsets" in r["wrap"]["fixed"]
+        # the control: plain DDP broadcasts every JPQ buffer on every forward
+        assert set(r["plain"]["fixed"]) <= set(r["plain"]["synced_each_step"])
+    assert all("init_process_group" in r["no_group"] for r in ranks)

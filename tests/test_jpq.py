@@ -159,39 +159,40 @@ def test_decoded_rows_start_at_the_hosts_scale_for_every_M(M):
     assert decoded.norm(dim=1).mean().item() == pytest.approx(table.weight.norm(dim=1).mean().item(), rel=0.1)
 
 
-def _train_steps(emb: JPQEmbedding, steps: int, accumulate: int) -> list[torch.Tensor]:
+def _train_steps(emb: JPQEmbedding, steps: int, accumulate: int) -> tuple[list[torch.Tensor], set[bool]]:
     """A BPR-like loop: per micro-batch a user read and two item reads of the same table, one backward
-    each, the optimizer stepping after ``accumulate`` micro-batches. Returns the losses."""
+    each, the optimizer stepping after ``accumulate`` micro-batches. Returns the losses and whether a
+    per-step table was cached after each backward."""
     optimizer = torch.optim.Adam(emb.parameters(), lr=0.05)
     generator = torch.Generator().manual_seed(0)
-    losses = []
+    losses, cached = [], set()
     for _ in range(steps):
         for _ in range(accumulate):
             pos, neg = (torch.randint(0, emb.num_embeddings, (96,), generator=generator) for _ in range(2))
             loss = -torch.nn.functional.logsigmoid((emb(pos) * (emb(pos) - emb(neg))).sum(-1)).mean()
             loss.backward()
             losses.append(loss.detach())
+            cached.add("table" in emb._cache)
         optimizer.step()
+        assert "table" not in emb._cache  # the step moved the cache on
         optimizer.zero_grad()
-    return losses
+    return losses, cached
 
 
 @pytest.mark.parametrize("padding_idx", [None, 0])
 @pytest.mark.parametrize("accumulate", [1, 3])
-def test_per_step_table_trains_exactly_like_gathering_rows(monkeypatch, padding_idx, accumulate):
+def test_per_step_table_trains_exactly_like_gathering_rows(padding_idx, accumulate):
     # 96 lookups a read >= 50 rows: reads share one decoded table per step; with the cache bound at 0
     # every read gathers its own rows. Both must give the same losses and sub-embeddings, also when
     # several backward passes run through one decoded table before the optimizer steps.
-    import urecjpq_plugin.jpq as jpq_module
-
     codes = random_codes(50, 4, 8, seed=3)
     shared, gathered = (JPQEmbedding(codes, 8, 16, padding_idx=padding_idx) for _ in range(2))
     gathered.load_state_dict(shared.state_dict())
-    shared_losses = _train_steps(shared, steps=4, accumulate=accumulate)
-    assert "_step_weight" in shared.__dict__  # the shared path really ran
-    monkeypatch.setattr(jpq_module, "WEIGHT_CACHE_BYTES", 0)
-    gathered_losses = _train_steps(gathered, steps=4, accumulate=accumulate)
-    assert "_step_weight" not in gathered.__dict__
+    shared_losses, cached = _train_steps(shared, steps=4, accumulate=accumulate)
+    assert cached == {True}  # the shared path really ran
+    gathered._cache.limit_bytes = 0
+    gathered_losses, cached = _train_steps(gathered, steps=4, accumulate=accumulate)
+    assert cached == {False}
     assert torch.allclose(torch.stack(shared_losses), torch.stack(gathered_losses), atol=1e-6)
     assert torch.allclose(shared.sub_embeddings, gathered.sub_embeddings, atol=1e-6)
     if padding_idx is not None:
@@ -204,12 +205,12 @@ def test_per_step_table_is_not_used_for_small_reads_and_not_copied():
 
     emb = JPQEmbedding(random_codes(50, 4, 8, seed=3), 8, 16)
     emb(torch.arange(10)).sum().backward()
-    assert "_step_weight" not in emb.__dict__  # 10 lookups < 50 rows: only those rows were gathered
+    assert "table" not in emb._cache  # 10 lookups < 50 rows: only those rows were gathered
     emb(torch.arange(50).repeat(2)).sum().backward()
-    assert "_step_weight" in emb.__dict__
+    assert "table" in emb._cache
     # mid-step, with a graph-carrying table cached: copies and pickles leave the cache behind
     for clone in (copy.deepcopy(emb), pickle.loads(pickle.dumps(emb))):
-        assert "_step_weight" not in clone.__dict__
+        assert "table" not in clone._cache
         assert torch.equal(clone.weight, emb.weight.detach())
 
 

@@ -473,3 +473,19 @@ def test_bpr_full_sort_scores_from_the_codes():
     other = OwnScores()
     compress(other)
     assert not hasattr(other, "_urecjpq_pq_full_sort")
+
+
+def test_per_table_overrides_reach_id_and_feature_tables():
+    model = EmbeddingModel(text_trainable=True)  # text features are 24 wide
+    compress(model, jpq_targets=["user", "item", "text"],
+             jpq_table_overrides={"item": {"ksub": 16}, "text": {"M": 8, "ksub": 4}})
+    assert (model.user_embedding.M, model.user_embedding.ksub) == (4, 8)
+    assert (model.item_id_embedding.M, model.item_id_embedding.ksub) == (4, 16)
+    assert (model.text_embedding.M, model.text_embedding.ksub) == (8, 4)
+
+
+def test_one_table_of_users_and_items_refuses_different_settings_for_them():
+    model = JointModel()
+    with pytest.raises(JPQConfigError, match="keeps users and items in one table .*same M and ksub"):
+        compress(model, jpq_table_overrides={"item": {"ksub": 4}})
+    assert "id_gcn.id_embedding" in dict(model.named_parameters())  # nothing changed

@@ -74,7 +74,7 @@ def test_cli_trains_evaluates_and_writes_checkpoint(tmp_path, monkeypatch, recbo
     [
         (["--jpq_ksub=1"], "jpq_ksub=1 is invalid; it must be an integer in [2, "),
         ([f"--jpq_ksub={2**33}"], "jpq_ksub=8589934592 is invalid"),
-        (["--jpq_code_assign=pca"], "jpq_code_assign='pca' is unknown; valid: auto, svd_pq, svd, random"),
+        (["--jpq_code_assign=pca"], "jpq_code_assign='pca' is unknown; valid: auto, svd_pq, svd_pq_norm, svd, random"),
         (["--jpq_targets=['user','movie']"], "unknown target 'movie'; valid: user, item, image, text"),
         (["--jpq_M=7"], "embedding size 64 of user_embedding is not a multiple of jpq_M=7"),
         (["--model=Pop"], "model Pop has no ID table for jpq_targets=['user', 'item']"),
@@ -116,10 +116,18 @@ def test_tables_command_lists_what_would_be_swapped(recbole_env, capsys, monkeyp
     assert main(["tables", "--model", "BPR", "--ksub", "128"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in out[2:4]}
-    assert rows == {"user_embedding": ["944", "64", "user", "default", "rule"],
-                    "item_embedding": ["1683", "64", "item", "default", "rule"]}
+    assert rows == {"user_embedding": ["944", "64", "user", "16", "128", "default", "rule"],
+                    "item_embedding": ["1683", "64", "item", "16", "128", "default", "rule"]}
     before, after = (int(n.replace(",", "")) for n in out[-1].split("parameters ")[1].split(" (")[0].split(" -> "))
     assert before - after == (944 + 1683 - 2 * 128) * 64  # each table: rows x 64 -> 128 sub-ids x 64
+    yaml_file = os.path.join(os.getcwd(), "overrides.yaml")
+    with open(yaml_file, "w") as fh:
+        fh.write("jpq_table_overrides: {item: {ksub: 512, M: 8}}\n")
+    assert main(["tables", "--model", "BPR", "--ksub", "128", "--config-files", yaml_file]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3].split()[:6] == ["item_embedding", "1683", "64", "item", "8", "512"]
+    before, after = (int(n.replace(",", "")) for n in out[-1].split("parameters ")[1].split(" (")[0].split(" -> "))
+    assert before - after == (944 - 128) * 64 + (1683 - 512) * 64
     assert main(["tables", "--model=Pop"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("urecjpq tables: error: model Pop has no ID table") and len(err.splitlines()) == 1

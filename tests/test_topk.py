@@ -191,14 +191,17 @@ def test_faiss_scan_follows_training_updates_of_the_sub_embeddings():
     optimizer = torch.optim.SGD(table.parameters(), lr=1.0)
     for _ in range(3):  # the cached quantiser must see every in-place optimiser step
         with torch.no_grad():
-            values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 10, method="faiss")
+            values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 10, method="faiss",
+                                              cache=table._cache)
+        assert "faiss_pq" in table._cache
         assert_same_topk(values, indices, full_scores(table, queries), 10)
         optimizer.zero_grad()
         (table(torch.randint(0, 3000, (64,))) * torch.randn(64, 32)).sum().backward()
         optimizer.step()
     with torch.no_grad():
         table.sub_embeddings.copy_(torch.randn_like(table.sub_embeddings))  # e.g. load_state_dict
-        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 10, method="faiss")
+        values, indices = topk_from_codes(queries, table.sub_embeddings, table.codes, 10, method="faiss",
+                                          cache=table._cache)
     assert_same_topk(values, indices, full_scores(table, queries), 10)
 
 
@@ -234,3 +237,30 @@ def test_query_width_must_match():
     table = make_table(10, 8, 2, 4)
     with pytest.raises(TopKError, match=r"\[B, 8\]"):
         pq_scores(torch.randn(2, 6), table.sub_embeddings, table.codes)
+
+
+@pytest.mark.parametrize("method", ["lut", "matmul"])
+@pytest.mark.parametrize("kind", ["lists", "bool", "scipy"])
+def test_the_paths_that_never_read_back_give_the_same_top_k(monkeypatch, method, kind):
+    # On a GPU the running top-k, the exclusion mask and the per-query scan take the paths that do not
+    # read values back to the host; run them here on CPU tensors and compare with the CPU paths.
+    import scipy.sparse as sp
+
+    import urecjpq_plugin.topk as topk_module
+
+    table = make_table(3000, 32, 8, 256, seed=11)
+    queries = torch.randn(6, 32)
+    generator = torch.Generator().manual_seed(3)
+    lists = [torch.randint(0, 3000, (int(n),), generator=generator) for n in torch.randint(0, 400, (6,), generator=generator)]
+    dense = torch.zeros(6, 3000, dtype=torch.bool)
+    for row, ids in enumerate(lists):
+        dense[row, ids] = True
+    exclude = {"lists": lists, "bool": dense, "scipy": sp.csr_matrix(dense.numpy())}[kind]
+    expected = topk_from_codes(queries, table.sub_embeddings, table.codes, 20, exclude=exclude, padding_idx=0,
+                               method=method, chunk_size=512)
+    monkeypatch.setattr(topk_module, "_syncs_are_cheap", lambda tensor: False)
+    got = topk_from_codes(queries, table.sub_embeddings, table.codes, 20, exclude=exclude, padding_idx=0,
+                          method=method, chunk_size=512)
+    torch.testing.assert_close(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+    assert not (dense.gather(1, got[1]).any() or (got[1] == 0).any())

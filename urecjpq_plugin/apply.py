@@ -128,13 +128,14 @@ def _given_codes(codes: Mapping[str, Any], counts: Mapping[str, int], entities: 
     out = {}
     for entity in entities:
         try:
-            out[entity] = as_codes(codes[entity], config.ksub)
+            out[entity] = as_codes(codes[entity], config.for_table(entity).ksub)
         except JPQConfigError as err:
             raise JPQConfigError(f"codes[{entity!r}]: {err}") from None
     for entity, value in out.items():
-        if tuple(value.shape) != (counts[entity], config.M):
+        M = config.for_table(entity).M
+        if tuple(value.shape) != (counts[entity], M):
             raise JPQConfigError(
-                f"codes[{entity!r}] has shape {tuple(value.shape)}; {entity} needs {(counts[entity], config.M)} (rows, M)"
+                f"codes[{entity!r}] has shape {tuple(value.shape)}; {entity} needs {(counts[entity], M)} (rows, M)"
             )
     return out
 

@@ -51,13 +51,25 @@ def as_codes(codes: np.ndarray | torch.Tensor, ksub: int) -> torch.Tensor:
                              f"in [0, {ksub}) (a float such as 0.5 would be silently truncated)")
     if codes.ndim != 2:
         raise JPQConfigError(f"codes must have shape [N, M]; got {tuple(codes.shape)}")
-    if codes.numel():
-        # numpy, because torch has no min/max for uint16/uint32
-        values = codes.detach().cpu().numpy()
-        low, high = int(values.min()), int(values.max())
+    if codes.numel() and not (codes.dtype == dtype and ksub == 2 ** (8 * dtype.itemsize)):
+        low, high = _value_range(codes)
         if low < 0 or high >= ksub:
             raise JPQConfigError(f"codes hold values in [{low}, {high}]; valid sub-ids are [0, {ksub})")
     return codes.to(dtype)
+
+
+def _value_range(codes: torch.Tensor) -> tuple[int, int]:
+    """``(min, max)`` of ``codes`` where they live (one device-to-host read of two numbers, no copy of the
+    codes); uint16/uint32, which torch cannot reduce, are widened a chunk at a time."""
+    if codes.dtype in (torch.uint16, torch.uint32):
+        step = 1 << 20
+        parts = [torch.stack(torch.aminmax(codes[s : s + step].to(torch.int64))) for s in range(0, codes.shape[0], step)]
+        low_high = torch.stack(parts)
+        low, high = low_high[:, 0].min(), low_high[:, 1].max()
+    else:
+        low, high = torch.aminmax(codes)
+    low, high = torch.stack([low.to(torch.int64), high.to(torch.int64)]).tolist()
+    return low, high
 
 
 def log_distinct_fractions(tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -214,9 +226,14 @@ SVD_PQ_BYTES = 3 * 2**29
 
 
 def svd_pq_codes(
-    interactions: sp.spmatrix, M: int, ksub: int, seed: int, rank: int, distinct: bool = True
+    interactions: sp.spmatrix, M: int, ksub: int, seed: int, rank: int, distinct: bool = True,
+    normalise: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes from product quantisation of the rank-``rank`` SVD factors of the training matrix.
+
+    ``normalise``: factorise ``D_u^-1/2 X D_i^-1/2`` (degrees ``D``) instead of ``X``: the matrix a
+    LightGCN-style model propagates its rows with, so IDs whose neighbourhoods that propagation mixes
+    alike share sub-ids (``svd_pq_norm``).
 
     Users get ``U diag(√s)``, items ``V diag(√s)``, so that their dot products approximate the
     matrix, as a trained factorisation's would; each side is then product-quantised (per split,
@@ -237,6 +254,8 @@ def svd_pq_codes(
     usable = (min(rank, min(n_users, n_items) - 1, affordable) // M) * M
     if usable < 2 * M or interactions.nnz == 0:
         return svd_codes(interactions, M, ksub, seed, distinct)
+    if normalise:
+        interactions = degree_normalised(interactions)
     U, s, Vt = randomized_svd(interactions, usable, seed)
     root = np.sqrt(s).astype(np.float32)
     # Consecutive components per split (split 0: the strongest rank / M). Dealing them round-robin
@@ -251,6 +270,17 @@ def svd_pq_codes(
             make_distinct(codes, ksub, seed + offset)
         out.append(torch.from_numpy(codes))
     return out[0], out[1]
+
+
+def degree_normalised(interactions: sp.spmatrix) -> sp.csr_matrix:
+    """``D_u^-1/2 X D_i^-1/2`` as a new float32 CSR matrix (one copy of ``X``, scaled in place; an ID
+    without interactions keeps its zero row)."""
+    X = sp.csr_matrix(interactions).astype(np.float32, copy=True)
+    user_degree = np.asarray(X.sum(axis=1), dtype=np.float32).ravel()
+    item_degree = np.asarray(X.sum(axis=0), dtype=np.float32).ravel()
+    X.data *= np.repeat(1.0 / np.sqrt(np.maximum(user_degree, 1.0)), np.diff(X.indptr)).astype(np.float32)
+    X.data *= (1.0 / np.sqrt(np.maximum(item_degree, 1.0))).astype(np.float32)[X.indices]
+    return X
 
 
 def feature_codes(features: np.ndarray, M: int, ksub: int, seed: int, distinct: bool = True) -> torch.Tensor:

@@ -6,10 +6,11 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq: true                 # turn compression on
     jpq_M: auto               # splits per code (auto: embedding size / 4)
     jpq_ksub: 256             # sub-ids per split
-    jpq_code_assign: auto     # auto | svd_pq | svd | random | features | features_svd
+    jpq_code_assign: auto     # auto | svd_pq | svd_pq_norm | svd | random | features | features_svd
     jpq_targets: [user, item] # which tables to compress (also: image, text)
     jpq_split_dropout: 0.1    # training: drop each split of a looked-up code at this rate
     jpq_degree_scale: auto    # scale each ID's row by its training degree: sqrt(n / (n + c * mean n)); 0 = off
+    jpq_table_overrides: {item: {ksub: 512}}  # per-table M / ksub (by target), over the two keys above
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-CODE_ASSIGNMENTS = ("auto", "svd_pq", "svd", "random", "features", "features_svd")
+CODE_ASSIGNMENTS = ("auto", "svd_pq", "svd_pq_norm", "svd", "random", "features", "features_svd")
 ID_TARGETS = ("user", "item")
 FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS
@@ -35,7 +36,8 @@ MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop her
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
 # jpq_* key is a typo and stops the run rather than training with a default.
 OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_degree_scale",
-               "jpq_tables")
+               "jpq_tables", "jpq_table_overrides")
+OVERRIDE_KEYS = ("M", "ksub")  # what jpq_table_overrides may set per table
 
 
 class URecJPQError(ValueError):
@@ -44,6 +46,18 @@ class URecJPQError(ValueError):
 
 class JPQConfigError(URecJPQError):
     """A JPQ option has a value the plugin cannot use."""
+
+
+def _as_int(key: str, value: Any) -> Any:
+    """An integer option from YAML / the command line (``"8"``, ``8.0``); other values pass through to the checks."""
+    try:
+        if isinstance(value, str) and value.strip().lower() != AUTO:
+            return int(value.strip())
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    except ValueError:
+        raise JPQConfigError(f"{key}={value!r} is not an integer") from None
+    return value
 
 
 def auto_M(dim: int) -> int:
@@ -91,6 +105,9 @@ class JPQConfig:
     split_dropout: float = SPLIT_DROPOUT
     degree_scale: float | str = AUTO  # c of the degree scale (see assign.degree_scales); auto: by density
     dim: int | None = None  # the tables' width, set by for_dims (svd_pq's SVD rank)
+    # Per-target M / ksub, e.g. {"item": {"ksub": 512}} (torchrec's one config per table); stored as
+    # sorted tuples so the config stays hashable.
+    table_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.M, str) and self.M.strip().lower() == AUTO:
@@ -127,6 +144,39 @@ class JPQConfig:
         for target in targets:
             if target not in TARGETS:
                 raise JPQConfigError(f"jpq_targets has unknown target {target!r}; valid: {', '.join(TARGETS)}")
+        object.__setattr__(self, "table_overrides", self._checked_overrides(self.table_overrides, targets))
+
+    def _checked_overrides(self, overrides: Any, targets: tuple[str, ...]) -> tuple:
+        if isinstance(overrides, tuple):  # already checked (replace() passes it through)
+            overrides = {target: dict(values) for target, values in overrides}
+        if not isinstance(overrides, Mapping) or not all(isinstance(v, Mapping) for v in overrides.values()):
+            raise JPQConfigError(f"jpq_table_overrides={overrides!r} is invalid; give {{target: {{M: .., ksub: ..}}}}, "
+                                 "e.g. {'item': {'ksub': 512}}")
+        out = []
+        for target, values in overrides.items():
+            if target not in targets:
+                raise JPQConfigError(f"jpq_table_overrides names {target!r}, which jpq_targets does not compress "
+                                     f"(targets: {', '.join(targets)})")
+            unknown = sorted(set(map(str, values)) - set(OVERRIDE_KEYS))
+            if unknown:
+                raise JPQConfigError(f"jpq_table_overrides[{target!r}] has keys {unknown}; a table can override "
+                                     f"{', '.join(OVERRIDE_KEYS)}")
+            values = {k: _as_int(f"jpq_table_overrides[{target!r}][{k!r}]", v) for k, v in values.items()}
+            try:
+                replace(self, targets=targets, table_overrides={}, **values)
+            except JPQConfigError as err:
+                raise JPQConfigError(f"jpq_table_overrides[{target!r}]: {err}") from None
+            out.append((target, tuple(sorted(values.items()))))
+        return tuple(sorted(out))
+
+    def for_table(self, target: str) -> JPQConfig:
+        """The settings of one target's tables: ``M`` and ``ksub`` from ``table_overrides`` where it has them."""
+        values = dict(dict(self.table_overrides).get(target, ()))
+        return replace(self, table_overrides={}, **values) if values else replace(self, table_overrides={})
+
+    def same_for(self, *targets: str) -> bool:
+        """Whether these targets share ``M`` and ``ksub`` (tables holding several targets need it)."""
+        return len({(self.for_table(t).M, self.for_table(t).ksub) for t in targets}) == 1
 
     @property
     def id_targets(self) -> tuple[str, ...]:
@@ -141,9 +191,10 @@ class JPQConfig:
         ``dim`` the narrowest width."""
         dims = [int(d) for d in dims]
         dim = min(dims) if dims else self.dim
-        if self.M != AUTO:
-            return replace(self, dim=dim)
-        return replace(self, M=auto_M(math.gcd(*dims)) if dims else 1, dim=dim)
+        M = self.M if self.M != AUTO else (auto_M(math.gcd(*dims)) if dims else 1)
+        overrides = tuple((t, tuple((k, auto_M(dim or DSUB_AUTO) if v == AUTO else v) for k, v in vals))
+                          for t, vals in self.table_overrides)
+        return replace(self, M=M, dim=dim, table_overrides=overrides)
 
     def check_dim(self, dim: int, table: str = "table") -> None:
         """faiss's rule: the embedding size must split evenly into ``M`` parts."""
@@ -207,7 +258,20 @@ class JPQConfig:
             code_assign=str(get("jpq_code_assign", cls.code_assign)),
             targets=parse_list(get("jpq_targets", ID_TARGETS)),
             seed=int(seed if seed is not None else get("seed", cls.seed)),
+            table_overrides=parse_mapping(get("jpq_table_overrides", {}), "jpq_table_overrides"),
         )
+
+
+def parse_mapping(value: Any, key: str) -> Any:
+    """A mapping from YAML, or from its text on a command line (``"{item: {ksub: 512}}"``)."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise JPQConfigError(f"{key}={value!r} is not a mapping; write e.g. \"{{item: {{ksub: 512}}}}\"") from None
+    return {} if value is None else value
 
 
 def check_option_keys(mapping: Mapping[str, Any] | Any) -> None:

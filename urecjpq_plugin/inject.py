@@ -362,15 +362,17 @@ def build_jpq_tables(
     (called once, then) gives per-entity row scales (:func:`~urecjpq_plugin.assign.degree_scales`).
     """
     for ref in refs:
-        config.check_dim(ref.shape[1], table=ref.path)
-        config.check_rows(ref.shape[0], table=ref.path)
+        table_config = config.for_table(ref.entity)
+        table_config.check_dim(ref.shape[1], table=ref.path)
+        table_config.check_rows(ref.shape[0], table=ref.path)
         check_embedding_options(model, ref)
     codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for r in refs)}
     for ref in refs:
-        if codes[ref.entity].shape != (ref.shape[0], config.M):
+        M = config.for_table(ref.entity).M
+        if codes[ref.entity].shape != (ref.shape[0], M):
             raise JPQConfigError(
                 f"codes for {ref.entity} have shape {tuple(codes[ref.entity].shape)}; "
-                f"table {ref.path} needs {(ref.shape[0], config.M)}"
+                f"table {ref.path} needs {(ref.shape[0], M)}"
             )
     scales = dict(row_scales()) if row_scales is not None else {}
     built = []  # every new table first: a check in JPQEmbedding's constructor fails before any swap
@@ -378,7 +380,8 @@ def build_jpq_tables(
         parent, leaf = _resolve(model, ref.path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
         new = JPQEmbedding.from_table(
-            table, codes[ref.entity].to(table.device), config.ksub, padding_idx, config.split_dropout
+            table, codes[ref.entity].to(table.device), config.for_table(ref.entity).ksub, padding_idx,
+            config.split_dropout,
         )
         new.set_row_scale(scales.get(ref.entity))
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))

@@ -12,20 +12,11 @@ from torch import nn
 
 from urecjpq_plugin.codes import as_codes
 from urecjpq_plugin.config import JPQConfigError, URecJPQError
+from urecjpq_plugin.decode_cache import DecodeCache
 
 
 class JPQIdError(URecJPQError, TypeError):
     """Ids that are not integers (``nn.Embedding`` refuses them too)."""
-
-
-# Largest decoded table ``JPQEmbedding.weight`` keeps between reads without autograd (bigger ones are
-# decoded per read, so a compressed catalogue never holds its full table at rest).
-WEIGHT_CACHE_BYTES = 64 * 2**20
-
-
-# Without autograd, tables up to this many floats (1 MiB) are read through their cached decode even
-# when few ids are asked for: re-decoding one after every optimizer step costs well under a millisecond.
-EVAL_DECODE_FLOATS = 1 << 18
 
 
 class _GatherRows(torch.autograd.Function):
@@ -52,6 +43,10 @@ class _GatherRows(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None
         table_grad = grad.new_zeros(ctx.table_shape)
+        if grad.device.type != "cpu":
+            # CUDA: index_put_(accumulate=True) sorts the indices on every call; index_add_ adds atomically
+            # without a sort (the usual choice there; unmeasured until benchmarks/gpu_check.sh runs on a GPU).
+            return table_grad.index_add_(0, ctx.rows, grad), None
         return table_grad.index_put_((ctx.rows,), grad, accumulate=True), None
 
 
@@ -82,6 +77,11 @@ class JPQEmbedding(nn.Module):
     decoded row: the evidence (degree) scale of sparse catalogues, see :func:`~urecjpq_plugin.assign.degree_scales`.
     Shared sub-embeddings give an ID seen once the same norm as a popular one; an uncompressed table
     keeps such rows near their small initial values, which is the popularity prior the scale restores.
+
+    Decoded tables and faiss's scan structures are kept in one :class:`~urecjpq_plugin.decode_cache.DecodeCache`
+    per module (one size limit in bytes, moved on by optimizer steps, ``load_state_dict``, ``.to()``
+    and in-place writes): call :meth:`invalidate_cache` after writing through ``.data`` outside an
+    optimizer step, the one change it cannot see.
     """
 
     def __init__(
@@ -106,6 +106,11 @@ class JPQEmbedding(nn.Module):
         self.sub_embeddings = nn.Parameter(torch.empty(M, ksub, self.dsub))
         nn.init.uniform_(self.sub_embeddings, -0.05, 0.05)  # RecJPQ's default
         self.register_buffer("row_scale", None)  # optional uint8 [num_embeddings]; see set_row_scale
+        self._cache = DecodeCache(self, JPQEmbedding._weight_stamp)
+
+    def invalidate_cache(self) -> None:
+        """Forget decoded tables (needed only after writes through ``.data`` outside an optimizer step)."""
+        self._cache.invalidate()
 
     def set_row_scale(self, scale: torch.Tensor | None) -> None:
         """Multiply each decoded row by ``scale [num_embeddings]`` in [0, 1], stored as uint8 levels of 1/255
@@ -135,6 +140,13 @@ class JPQEmbedding(nn.Module):
         if self.row_scale is None and key in state_dict:
             self.row_scale = torch.zeros(self.num_embeddings, dtype=torch.uint8, device=self.codes.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._cache.invalidate()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half(): new storage, maybe a new dtype; whatever was derived is stale.
+        result = super()._apply(fn, *args, **kwargs)
+        self._cache.invalidate()
+        return result
 
     @classmethod
     def from_table(
@@ -194,7 +206,7 @@ class JPQEmbedding(nn.Module):
         if torch.is_grad_enabled() and self.sub_embeddings.requires_grad:
             table = self._step_table(flat_ids.numel())
         else:
-            table = self._eval_table()
+            table = self._eval_table(flat_ids.numel())
         if table is not None:
             rows = F.embedding(flat_ids, table)
         else:
@@ -236,30 +248,33 @@ class JPQEmbedding(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight``.
+        """The decoded ``[num_embeddings, d]`` table, for hosts that read ``.weight`` (SimpleX reads it every
+        batch): kept in the module's cache when it fits, with autograd as the per-step table, without
+        it for evaluation."""
+        if torch.is_grad_enabled() and self.sub_embeddings.requires_grad:
+            table = self._cache.peek("table")
+            if table is None or not table.requires_grad:
+                table = self._keep_if_it_fits(self._decode_all())
+            return self._drop_splits(table)
+        table = self._eval_table(self.num_embeddings)
+        return self._drop_splits(table if table is not None else self._decode_all())
 
-        Tables up to :data:`WEIGHT_CACHE_BYTES` are decoded once and reused until the sub-embeddings or
-        codes change: without autograd (evaluation: SimpleX reads ``.weight`` for every batch, which
-        RecBole makes two users small on ml-100k) and with it (the per-step table, :meth:`_step_table`).
+    def _eval_table(self, lookups: int) -> torch.Tensor | None:
+        """Without autograd, the decoded table when it is cached or worth decoding whole, else ``None``.
+
+        Worth it when this read alone asks for at least as many rows as the table has, or at the second
+        read since the sub-embeddings last changed (evaluation reads a few users per batch, many batches;
+        one read per training step, e.g. a no-grad target, keeps gathering its rows).
         """
-        if not self._small_enough_to_cache():
-            return self._drop_splits(self._decode_all())
-        training = torch.is_grad_enabled() and self.sub_embeddings.requires_grad
-        key = "_step_weight" if training else "_decoded_weight"
-        table = self._cached(key)
-        table = table if table is not None else self._cache(key, self._decode_all())
-        return self._drop_splits(table)
-
-    def _eval_table(self) -> torch.Tensor | None:
-        """Without autograd, the cached decoded table when it exists or is small enough
-        (:data:`EVAL_DECODE_FLOATS`) that decoding it whole costs less than the few small ops of a
-        gather (evaluation reads a few users per batch); else ``None``."""
-        if torch.is_inference_mode_enabled():
-            return None  # nothing can be cached (no version counters): gather the rows asked for
-        table = self._cached("_decoded_weight")
-        if table is None and self.num_embeddings * self.embedding_dim <= EVAL_DECODE_FLOATS:
-            table = self._cache("_decoded_weight", self._decode_all())
-        return table
+        table = self._cache.peek("table")
+        if table is not None:
+            return table.detach() if table.requires_grad else table  # a per-step table serves these reads too
+        if torch.is_inference_mode_enabled() or not self._cache.fits(self._table_bytes()):
+            return None  # nothing could be kept: gather the rows asked for
+        if lookups >= self.num_embeddings or self._cache.count_read() >= 2:
+            with torch.no_grad():
+                return self._cache.put("table", self._decode_all())
+        return None
 
     def _step_table(self, lookups: int) -> torch.Tensor | None:
         """The differentiable decoded table shared by every read of one training step, or ``None``.
@@ -267,66 +282,55 @@ class JPQEmbedding(nn.Module):
         Decoding costs one gather of ``M`` codebook rows per table row and one scatter back in
         backward; lookups through the decoded table then cost what ``nn.Embedding``'s do. A step that
         reads the table more than once (BPR: positives and negatives; SimpleX: histories, positives,
-        negatives; SGL: three propagations) pays the decode once. Reused until the optimizer (or
-        anything else) changes the sub-embeddings or codes; built only when this read alone has at
-        least as many lookups as the table has rows and the table is at most
-        :data:`WEIGHT_CACHE_BYTES`, so large catalogues keep gathering only the rows asked for.
+        negatives; SGL: three propagations) pays the decode once. Built only when this read alone has at
+        least as many lookups as the table has rows and the table fits the cache, so large catalogues
+        keep gathering only the rows asked for.
         """
-        table = self._cached("_step_weight")
-        if table is None and lookups >= self.num_embeddings and self._small_enough_to_cache():
-            table = self._cache("_step_weight", self._decode_all())
-        return table
+        table = self._cache.peek("table")
+        if table is not None and table.requires_grad:
+            return table
+        if lookups >= self.num_embeddings and self._cache.fits(self._table_bytes()):
+            return self._cache.put("table", self._decode_all())
+        return None
 
-    def _small_enough_to_cache(self) -> bool:
-        sub = self._parameters["sub_embeddings"]
-        return self.num_embeddings * self.embedding_dim * sub.element_size() <= WEIGHT_CACHE_BYTES
+    def _keep_if_it_fits(self, table: torch.Tensor) -> torch.Tensor:
+        return self._cache.put("table", table) if self._cache.fits(self._table_bytes()) else table
 
-    def _cached(self, key: str) -> torch.Tensor | None:
-        """The table cached under ``key`` if nothing changed since it was decoded, else ``None``."""
-        cached = self.__dict__.get(key)
-        if cached is None or torch.is_inference_mode_enabled():
-            return None
-        stamp, table, version = cached
-        if table._version != version or stamp != self._weight_stamp():
-            del self.__dict__[key]
-            return None
-        return table
-
-    def _cache(self, key: str, table: torch.Tensor) -> torch.Tensor:
-        # Inference tensors have no version counter to validate a cache with. Callers check the size
-        # (_small_enough_to_cache, EVAL_DECODE_FLOATS) so a large catalogue is never held decoded.
-        if not torch.is_inference_mode_enabled():
-            self.__dict__[key] = (self._weight_stamp(), table, table._version)
-        return table
+    def _table_bytes(self) -> int:
+        return self.num_embeddings * self.embedding_dim * self._parameters["sub_embeddings"].element_size()
 
     def _weight_stamp(self) -> tuple:
         # Version counters move on every in-place change (optimizer steps, load_state_dict);
-        # data_ptr/dtype catch replaced storage (.to(), .data = ...).
+        # data_ptr/dtype catch replaced storage (.data = ...).
         sub, codes, scale = self._parameters["sub_embeddings"], self._buffers["codes"], self._buffers["row_scale"]
         scale_stamp = None if scale is None else (scale._version, scale.data_ptr())
         return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr(), scale_stamp)
 
     def __getstate__(self) -> dict:
-        # Decoded tables are caches (the per-step one carries an autograd graph: no copy, no pickle).
+        # The cache is derived state (a per-step table carries an autograd graph: no copy, no pickle).
         state = dict(super().__getstate__())
-        state.pop("_step_weight", None)
-        state.pop("_decoded_weight", None)
+        state.pop("_cache", None)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._cache = DecodeCache(self, JPQEmbedding._weight_stamp)
 
     def score(self, queries: torch.Tensor) -> torch.Tensor:
         """``queries [B, d]`` -> ``[B, num_embeddings]`` dot products with the rows (padding column 0).
 
-        No decoded table is kept: a lookup-table scan over the codes for few queries, chunked decode +
-        matmul for big batches, whichever :func:`~urecjpq_plugin.topk.scores_from_codes` measures cheaper.
+        Through the decoded table where it fits the module's cache; else without one: a lookup-table scan
+        over the codes for few queries, chunked decode + matmul for big batches, whichever
+        :func:`~urecjpq_plugin.topk.scores_from_codes` measures cheaper.
         """
-        from urecjpq_plugin.topk import SMALL_TABLE_FLOATS, scores_from_codes  # local import: topk builds on this module
+        from urecjpq_plugin.topk import scores_from_codes  # local import: topk builds on this module
 
-        small = self.num_embeddings * self.embedding_dim <= SMALL_TABLE_FLOATS
-        no_grad = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        if small and no_grad and queries.dim() == 2 and queries.shape[1] == self.embedding_dim:
-            # Evaluation of a small catalogue, a few queries per call (RecBole: two users a batch on
-            # ml-100k): the decoded table cached on this module makes it the uncompressed q @ W.T.
-            return queries.to(self.sub_embeddings.dtype) @ self.weight.T
+        if not torch.is_grad_enabled() and queries.dim() == 2 and queries.shape[1] == self.embedding_dim:
+            # Scoring reads every row: where the decoded table fits the cache, one decode serves every
+            # call until the sub-embeddings change, and a call costs the uncompressed q @ W.T.
+            table = self._eval_table(self.num_embeddings)
+            if table is not None:
+                return queries.to(table.dtype) @ table.T
         scores = scores_from_codes(queries, self.sub_embeddings, self.codes, self.padding_idx)
         scale = self._row_scale_of(None, scores.dtype)
         return scores if scale is None else scores * scale.view(*([1] * (scores.dim() - 1)), -1)
@@ -337,7 +341,7 @@ class JPQEmbedding(nn.Module):
         from urecjpq_plugin.topk import topk_from_codes
 
         return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx,
-                               row_scale=self._row_scale_of(None, self.sub_embeddings.dtype))
+                               row_scale=self._row_scale_of(None, self.sub_embeddings.dtype), cache=self._cache)
 
     # -- sizes ----------------------------------------------------------------------------------
     def compact_bytes(self) -> int:

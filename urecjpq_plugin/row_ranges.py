@@ -123,10 +123,11 @@ class RowRangeEmbedding(nn.Module):
     @classmethod
     def from_table(
         cls, table: nn.Embedding | torch.Tensor, ranges: Sequence[RowRange], codes: Mapping[str, torch.Tensor],
-        M: int, ksub: int, split_dropout: float = 0.0,
+        M: int | Mapping[str, int], ksub: int | Mapping[str, int], split_dropout: float = 0.0,
     ) -> RowRangeEmbedding:
         """Replace an initialised table: kept rows copied as they are; each range's part initialised
-        like :meth:`JPQEmbedding.from_table` from that range's rows, with ``codes[range.entity]``."""
+        like :meth:`JPQEmbedding.from_table` from that range's rows, with ``codes[range.entity]``.
+        ``M`` / ``ksub``: one value, or one per entity (``jpq_table_overrides``)."""
         weight = table.weight if isinstance(table, nn.Embedding) else table
         padding_idx = table.padding_idx if isinstance(table, nn.Embedding) else None
         num_embeddings, width = weight.shape
@@ -134,13 +135,15 @@ class RowRangeEmbedding(nn.Module):
         parts = []
         for r in ranges:
             entity_codes = codes[r.entity].to(weight.device)
-            if entity_codes.shape != (r.rows, M):
+            range_M = M[r.entity] if isinstance(M, Mapping) else M
+            range_ksub = ksub[r.entity] if isinstance(ksub, Mapping) else ksub
+            if entity_codes.shape != (r.rows, range_M):
                 raise JPQConfigError(
                     f"codes for {r.entity} have shape {tuple(entity_codes.shape)}; range {r.field} "
-                    f"{r.start}:{r.stop} needs {(r.rows, M)}"
+                    f"{r.start}:{r.stop} needs {(r.rows, range_M)}"
                 )
             local_padding = padding_idx - r.start if padding_idx is not None and r.start <= padding_idx < r.stop else None
-            parts.append(_part_from_rows(weight[r.start:r.stop], entity_codes, ksub, local_padding, split_dropout))
+            parts.append(_part_from_rows(weight[r.start:r.stop], entity_codes, range_ksub, local_padding, split_dropout))
         kept = weight.detach()[kept_rows_mask(ranges, num_embeddings, weight.device)].clone().requires_grad_(weight.requires_grad)
         return cls(ranges, parts, kept, padding_idx).to(device=weight.device, dtype=weight.dtype)
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from urecjpq_plugin import topk_kernels as kernels
 from urecjpq_plugin.pq import decode_rows
 from urecjpq_plugin.config import URecJPQError
+from urecjpq_plugin.decode_cache import DecodeCache
 
 # Items per chunk when the caller gives none: keeps a chunk's [B, chunk] scores near 4 MiB (and the
 # widened codes of a chunk in cache) while amortising per-chunk overhead; measured on 2 CPU cores.
@@ -33,8 +34,10 @@ _CHUNK_FLOATS = 1 << 20
 _MIN_CHUNK, _MAX_CHUNK = 1024, 65536
 # From this many queries on, embedding_bag beats per-split gathers (B=1: 8x slower; B=4: 2x faster).
 _BAG_MIN_BATCH = 4
-# Full scores of tables up to this size (16 MiB decoded) reuse a cached decode between calls.
-SMALL_TABLE_FLOATS = 1 << 22
+# Off the CPU (GPU) a chunk's [B, n] scores and [n, d] decoded rows may reach this many floats (256 MiB):
+# few chunks, so kernel launches and the merge of running top-k stay negligible beside the matmul; a
+# rule, not a measurement (no GPU was at hand; benchmarks/gpu_check.sh measures it where one is).
+_DEVICE_CHUNK_FLOATS = 1 << 26
 # Over-fetching for exclusions beyond this many candidates per query stops paying in faiss's heap.
 _FAISS_MAX_FETCH = 4096
 
@@ -61,11 +64,19 @@ class TopKError(URecJPQError):
 METHODS = ("auto", "faiss", "lut", "matmul")
 
 
-def default_chunk_size(batch: int) -> int:
+def _on_cpu(device: Any) -> bool:
+    return torch.device(device).type == "cpu"
+
+
+def default_chunk_size(batch: int, device: Any = "cpu") -> int:
+    if not _on_cpu(device):
+        return int(max(_MAX_CHUNK, _DEVICE_CHUNK_FLOATS // max(batch, 1)))
     return int(min(_MAX_CHUNK, max(_MIN_CHUNK, _CHUNK_FLOATS // max(batch, 1))))
 
 
-def _matmul_chunk(batch: int, d: int) -> int:
+def _matmul_chunk(batch: int, d: int, device: Any = "cpu") -> int:
+    if not _on_cpu(device):
+        return int(max(_MAX_CHUNK, _DEVICE_CHUNK_FLOATS // max(batch, d)))
     # [B, n] scores and [n, d] decoded rows both near 2 MiB: measured best at B=256 (2048-8192 rows).
     return int(min(_MAX_CHUNK, max(_MIN_CHUNK, (1 << 19) // max(batch, d))))
 
@@ -123,7 +134,7 @@ def pq_scores(
     _check(queries, sub_embeddings, codes)
     S = lookup_tables(queries, sub_embeddings)
     n = codes.shape[0]
-    chunk = chunk_size or default_chunk_size(queries.shape[0])
+    chunk = chunk_size or default_chunk_size(queries.shape[0], codes.device)
     parts = [item_major_scores(S, codes[s : s + chunk]).t() for s in range(0, n, chunk)]
     scores = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1)
     if padding_idx is not None:
@@ -169,8 +180,9 @@ def choose_method(
 
 
 # -- exclusions -------------------------------------------------------------------------------
-def _exclusion_pairs(exclude: Any, batch: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(rows, cols)`` of excluded (query, item) pairs, sorted by item so each chunk takes a slice.
+def _exclusion_pairs(exclude: Any, batch: int, n_items: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(rows, cols)`` of excluded (query, item) pairs on ``device``, sorted by item so each chunk takes a
+    slice; built on the device (one read of the item range back for the check, none per chunk).
 
     ``exclude``: None; a scipy sparse ``[B, N]`` matrix (stored entries are excluded); a ``[B, N]`` bool
     tensor; or a sequence of ``B`` index collections (tensor, array or list per query).
@@ -181,36 +193,46 @@ def _exclusion_pairs(exclude: Any, batch: int, n_items: int) -> tuple[torch.Tens
         if tuple(exclude.shape) != (batch, n_items):
             raise TopKError(f"exclude has shape {tuple(exclude.shape)}; expected [B, N] = [{batch}, {n_items}]")
         coo = exclude.tocoo()
-        rows, cols = np.asarray(coo.row, dtype=np.int64), np.asarray(coo.col, dtype=np.int64)
+        rows = torch.from_numpy(np.asarray(coo.row, dtype=np.int64)).to(device)
+        cols = torch.from_numpy(np.asarray(coo.col, dtype=np.int64)).to(device)
     elif isinstance(exclude, torch.Tensor) and exclude.dtype == torch.bool:
         if tuple(exclude.shape) != (batch, n_items):
             raise TopKError(f"exclude has shape {tuple(exclude.shape)}; expected [B, N] = [{batch}, {n_items}]")
-        rows_t, cols_t = exclude.nonzero(as_tuple=True)
-        rows, cols = rows_t.cpu().numpy(), cols_t.cpu().numpy()
+        rows, cols = exclude.to(device).nonzero(as_tuple=True)
     elif isinstance(exclude, Sequence) or isinstance(exclude, torch.Tensor):
         if len(exclude) != batch:
             raise TopKError(f"exclude has {len(exclude)} index lists; expected one per query ({batch})")
-        per_row = [torch.as_tensor(ids, dtype=torch.long).reshape(-1).cpu().numpy() for ids in exclude]
-        rows = np.repeat(np.arange(batch, dtype=np.int64), [len(ids) for ids in per_row])
-        cols = np.concatenate(per_row) if per_row else np.empty(0, dtype=np.int64)
+        per_row = [torch.as_tensor(ids, dtype=torch.long).reshape(-1).to(device) for ids in exclude]
+        lengths = torch.tensor([len(ids) for ids in per_row], dtype=torch.long, device=device)
+        rows = torch.repeat_interleave(torch.arange(batch, device=device), lengths)
+        cols = torch.cat(per_row) if per_row else torch.empty(0, dtype=torch.long, device=device)
     else:
         raise TopKError(
             f"exclude of type {type(exclude).__name__} is not supported; give a scipy sparse [B, N] matrix, "
             "a [B, N] bool tensor or a list of B index tensors"
         )
-    if cols.size and (cols.min() < 0 or cols.max() >= n_items):
-        bad = int(cols.min() if cols.min() < 0 else cols.max())
-        raise TopKError(f"exclude holds item {bad}; valid items are [0, {n_items})")
-    order = np.argsort(cols, kind="stable")
-    return torch.from_numpy(rows[order].copy()), torch.from_numpy(cols[order].copy())
+    if cols.numel():
+        low, high = torch.stack(torch.aminmax(cols)).tolist()
+        if low < 0 or high >= n_items:
+            raise TopKError(f"exclude holds item {low if low < 0 else high}; valid items are [0, {n_items})")
+    order = torch.sort(cols, stable=True).indices
+    return rows[order], cols[order]
+
+
+def _syncs_are_cheap(tensor: torch.Tensor) -> bool:
+    """Whether reading a value of ``tensor`` back to the host is free (CPU) rather than a stream stall (GPU):
+    chooses between the paths that branch on data (measured on CPU) and those that never read back."""
+    return tensor.device.type == "cpu"
 
 
 # -- running top-k over chunks --------------------------------------------------------------------
 class _RunningTopK:
     """Best ``k`` per query over chunks of ``[B, n]`` scores, in ``O(B * k)`` memory.
 
-    Once ``k`` are held, a cheap comparison pass keeps only the items that beat some query's current
-    k-th best, so later chunks mostly skip ``topk`` (ties with the k-th best are not taken).
+    On the CPU, once ``k`` are held, a cheap comparison pass keeps only the items that beat some query's
+    current k-th best, so later chunks mostly skip ``topk`` (ties with the k-th best are not taken). On a
+    GPU that pass would read its result back to the host every chunk; there every chunk goes through
+    ``topk`` and the merge, with no host round trip.
     """
 
     def __init__(self, k: int) -> None:
@@ -220,7 +242,7 @@ class _RunningTopK:
 
     def add(self, scores: torch.Tensor, start: int) -> None:
         k, candidates = self.k, None
-        if self.values is not None and self.values.shape[1] >= k:
+        if self.values is not None and self.values.shape[1] >= k and _syncs_are_cheap(scores):
             beats = (scores > self.values[:, -1:]).any(dim=0).nonzero().squeeze(1)
             if beats.numel() == 0:
                 return
@@ -240,11 +262,21 @@ def _mask(scores: torch.Tensor, start: int, padding_idx: int | None, pairs) -> N
     stop = start + scores.shape[1]
     if padding_idx is not None and start <= padding_idx < stop:
         scores[:, padding_idx - start] = float("-inf")
-    if pairs is not None:
-        rows, cols = pairs
-        lo, hi = np.searchsorted(cols.numpy() if cols.device.type == "cpu" else cols.cpu().numpy(), [start, stop])
+    if pairs is None or not len(pairs[1]):
+        return
+    rows, cols = pairs
+    if _syncs_are_cheap(cols):  # the chunk's slice of the item-sorted pairs
+        lo, hi = np.searchsorted(cols.numpy(), [start, stop])
         if hi > lo:
             scores[rows[lo:hi], cols[lo:hi] - start] = float("-inf")
+        return
+    # On a GPU, slicing would read the bounds back every chunk: add -inf at the pairs inside the chunk and
+    # 0 elsewhere (accumulating, so pairs outside it, all sent to one slot, change nothing).
+    local = cols - start
+    inside = (local >= 0) & (local < scores.shape[1])
+    flat = torch.where(inside, rows * scores.shape[1] + local, torch.zeros_like(local))
+    add = torch.zeros(flat.shape, dtype=scores.dtype, device=scores.device).masked_fill_(inside, float("-inf"))
+    scores.view(-1).index_put_((flat,), add, accumulate=True)
 
 
 def _scaled(scores: torch.Tensor, start: int, row_scale: torch.Tensor | None) -> torch.Tensor:
@@ -263,8 +295,11 @@ def _scan_topk(S, codes, k, chunk, padding_idx, pairs, row_scale=None) -> tuple[
     for b in range(batch):
         mine = None
         if pairs is not None:
-            keep = pairs[0] == b
-            mine = (torch.zeros(int(keep.sum()), dtype=torch.long, device=S.device), pairs[1][keep])
+            if _syncs_are_cheap(S):
+                keep = pairs[0] == b
+                mine = (torch.zeros(int(keep.sum()), dtype=torch.long, device=S.device), pairs[1][keep])
+            else:  # no size read back: the other queries' pairs point before every chunk
+                mine = (torch.zeros_like(pairs[0]), torch.where(pairs[0] == b, pairs[1], -1))
         P = kernels.pair_tables(S[:, b]) if use_pairs else None
         best = _RunningTopK(k)
         for start in range(0, n_items, chunk):
@@ -289,7 +324,7 @@ def _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs, r
     return best.values, best.indices
 
 
-def _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits):
+def _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits, cache):
     """faiss scan; exclusions and padding by over-fetching ``k + (most excluded in a row) + 1`` and
     dropping them, which is exact: at most that many of the fetched items can be dropped."""
     batch, n_items = queries.shape[0], codes.shape[0]
@@ -297,7 +332,7 @@ def _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits):
     fetch = k + most_excluded + (padding_idx is not None)
     if fetch > min(n_items, _FAISS_MAX_FETCH):
         return None
-    values, indices = kernels.faiss_topk(queries, sub_embeddings, codes, fetch, nbits)
+    values, indices = kernels.faiss_topk(queries, sub_embeddings, codes, fetch, nbits, cache)
     if fetch == k:
         return values, indices
     drop = torch.zeros_like(values, dtype=torch.bool)
@@ -321,6 +356,7 @@ def topk_from_codes(
     padding_idx: int | None = None,
     method: str = "auto",
     row_scale: torch.Tensor | None = None,
+    cache: DecodeCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` items per query by dot product with the decoded rows, best first: ``(values, indices)``,
     each ``[B, k]``; no ``[B, N]`` matrix and no decoded table (memory ``O(B * (k + chunk))``).
@@ -330,7 +366,9 @@ def topk_from_codes(
     filler slot when a query has fewer than ``k`` allowed items). ``method``: ``"auto"`` (cheapest by
     :func:`choose_method`), ``"faiss"``, ``"lut"`` (torch scan) or ``"matmul"``. No gradient.
     ``row_scale``: per-item multipliers ``[N]`` (or ``[N, 1]``) of a table with a row scale; faiss's
-    scan has no place for them, so the torch scan or matmul runs instead.
+    scan has no place for them, so the torch scan or matmul runs instead. ``cache``: the owning module's
+    :class:`~urecjpq_plugin.decode_cache.DecodeCache` (``JPQEmbedding.topk`` passes it), where faiss's
+    quantizer and packed codes are kept between calls; without one they are rebuilt per call.
     """
     _check(queries, sub_embeddings, codes)
     n_items = codes.shape[0]
@@ -348,9 +386,7 @@ def topk_from_codes(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise TopKError(f"chunk_size={chunk_size!r} is invalid; it must be a positive integer")
     batch, d = queries.shape
-    pairs = _exclusion_pairs(exclude, batch, n_items)
-    if pairs is not None:
-        pairs = (pairs[0].to(codes.device), pairs[1].to(codes.device))
+    pairs = _exclusion_pairs(exclude, batch, n_items, codes.device)
     allow_faiss = row_scale is None
     chosen = choose_method(queries, sub_embeddings, codes, allow_faiss=allow_faiss) if method == "auto" else method
     with torch.no_grad():
@@ -358,7 +394,7 @@ def topk_from_codes(
             nbits = kernels.faiss_nbits(sub_embeddings, codes)
             if nbits is None:
                 raise TopKError("method='faiss' needs faiss installed, CPU float32 sub_embeddings and ksub a power of 2")
-            found = _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits)
+            found = _faiss_topk(queries, sub_embeddings, codes, k, padding_idx, pairs, nbits, cache)
             if found is not None:
                 return found
             chosen = choose_method(queries, sub_embeddings, codes, allow_faiss=False)
@@ -366,7 +402,7 @@ def topk_from_codes(
         if chosen == "lut":
             chunk = chunk_size or _MAX_CHUNK
             return _scan_topk(lookup_tables(queries, sub_embeddings), codes, k, chunk, padding_idx, pairs, row_scale)
-        chunk = chunk_size or _matmul_chunk(batch, d)
+        chunk = chunk_size or _matmul_chunk(batch, d, codes.device)
         return _matmul_topk(queries, sub_embeddings, codes, k, chunk, padding_idx, pairs, row_scale)
 
 
@@ -388,10 +424,6 @@ def scores_from_codes(
     chosen = choose_method(queries, sub_embeddings, codes, full=True) if method == "auto" else method
     batch, d = queries.shape
     n_items = codes.shape[0]
-    if method == "auto" and n_items * d <= SMALL_TABLE_FLOATS and not torch.is_grad_enabled():
-        # A small catalogue decodes once (cached until the sub-embeddings change): then every batch
-        # costs what the uncompressed table's q @ W.T costs (RecBole evaluates a few users per batch).
-        chosen = "matmul"
     if torch.is_grad_enabled() and (queries.requires_grad or sub_embeddings.requires_grad):
         if chosen == "lut":
             return pq_scores(queries, sub_embeddings, codes, padding_idx)
@@ -401,14 +433,12 @@ def scores_from_codes(
         return scores
     with torch.no_grad():
         queries = queries.to(sub_embeddings.dtype)
-        if chosen == "matmul" and n_items * d <= SMALL_TABLE_FLOATS:
-            scores = queries @ kernels.decoded_table(sub_embeddings, codes).T
-        elif chosen == "matmul" and 4 * d <= batch:  # the decoded table is under 1/4 of the scores returned
+        if chosen == "matmul" and 4 * d <= batch:  # the decoded table is under 1/4 of the scores returned
             scores = queries @ decode_rows(sub_embeddings, codes).T
         else:
             scores = torch.empty(batch, n_items, dtype=queries.dtype, device=queries.device)
             if chosen == "matmul":
-                chunk = _matmul_chunk(batch, d)
+                chunk = _matmul_chunk(batch, d, codes.device)
                 for start in range(0, n_items, chunk):
                     rows = decode_rows(sub_embeddings, codes[start : start + chunk])
                     scores[:, start : start + rows.shape[0]] = queries @ rows.T

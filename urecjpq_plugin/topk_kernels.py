@@ -5,9 +5,9 @@ table); :mod:`urecjpq_plugin.topk` picks one per call from a cost model.
 
 - **faiss scan** (``faiss_topk``): codes ``[N, M]`` and sub-embeddings ``[M, ksub, dsub]`` *are* a faiss
   ``ProductQuantizer`` with its code bytes, so ``ProductQuantizer.search_ip`` scans them in place (for
-  ``ksub = 256`` the code bytes are our uint8 buffer, passed by pointer, not copied). The quantiser is
-  cached per sub-embedding tensor and its centroids re-copied only when that tensor changed (its
-  version counter moves on every in-place optimiser step), so training invalidates it for free.
+  ``ksub = 256`` the code bytes are our uint8 buffer, passed by pointer, not copied). The quantiser (and
+  packed codes for other ``ksub``) are kept in the owning module's
+  :class:`~urecjpq_plugin.decode_cache.DecodeCache`, rebuilt when the module's tensors change.
 - **pair-table scan** (``pair_scores``, no faiss needed): for one query, adjacent splits are merged into
   tables ``P[p, c1 * 256 + c0] = S[2p, c0] + S[2p+1, c1]`` (``M/2 x 65536`` floats, built per query), so
   the uint8 codes read as uint16 index ``M/2`` table entries per item instead of ``M``. Measured at 10^6
@@ -18,7 +18,6 @@ table); :mod:`urecjpq_plugin.topk` picks one per call from a cost model.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -45,29 +44,6 @@ def pq_nbits(ksub: int) -> int | None:
     return nbits if ksub >= 2 and 2**nbits == ksub and nbits <= 16 else None
 
 
-class _TensorKeyedCache:
-    """One derived object per live tensor, rebuilt when the tensor is modified in place or replaced."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, int, int, Any]] = {}
-
-    def get(self, tensor: torch.Tensor, build) -> Any:
-        key = id(tensor)
-        entry = self._entries.get(key)
-        stamp = (tensor._version, tensor.data_ptr())
-        if entry is not None and entry[0]() is tensor and (entry[1], entry[2]) == stamp:
-            return entry[3]
-        value = build(tensor, None if entry is None or entry[0]() is not tensor else entry[3])
-        if entry is None or entry[0]() is not tensor:
-            weakref.finalize(tensor, self._entries.pop, key, None)
-        self._entries[key] = (weakref.ref(tensor), *stamp, value)
-        return value
-
-
-_QUANTIZERS = _TensorKeyedCache()
-_PACKED_CODES = _TensorKeyedCache()
-
-
 def faiss_nbits(sub_embeddings: torch.Tensor, codes: torch.Tensor) -> int | None:
     """faiss's bits per sub-id for this table, or ``None`` when the faiss scan cannot serve it."""
     if faiss_or_none() is None or sub_embeddings.device.type != "cpu" or codes.device.type != "cpu":
@@ -77,37 +53,43 @@ def faiss_nbits(sub_embeddings: torch.Tensor, codes: torch.Tensor) -> int | None
     return pq_nbits(sub_embeddings.shape[1])
 
 
-def _quantizer(sub_embeddings: torch.Tensor, nbits: int) -> Any:
+def _cached(cache: Any, name: str, build) -> Any:
+    return build() if cache is None else cache.get(name, build)
+
+
+def _quantizer(sub_embeddings: torch.Tensor, nbits: int, cache: Any) -> Any:
     faiss = faiss_or_none()
     M, _, dsub = sub_embeddings.shape
 
-    def build(sub: torch.Tensor, old: Any) -> Any:
-        pq = old if old is not None else faiss.ProductQuantizer(M * dsub, M, nbits)
+    def build() -> Any:
+        pq = faiss.ProductQuantizer(M * dsub, M, nbits)
         # Only the centroid table is copied (M * ksub * dsub floats); the codes are never copied.
-        centroids = sub.detach().contiguous().numpy().reshape(-1)
+        centroids = sub_embeddings.detach().contiguous().numpy().reshape(-1)
         faiss.copy_array_to_vector(centroids, pq.centroids)
         return pq
 
-    return _QUANTIZERS.get(sub_embeddings, build)
+    return _cached(cache, "faiss_pq", build)
 
 
-def _code_bytes(codes: torch.Tensor, nbits: int) -> np.ndarray:
-    """faiss's code bytes: our own uint8 buffer for 8 bits, a cached packed copy otherwise."""
+def _code_bytes(codes: torch.Tensor, nbits: int, cache: Any) -> np.ndarray:
+    """faiss's code bytes: our own uint8 buffer for 8 bits, a packed copy otherwise."""
     if nbits == 8 and codes.dtype == torch.uint8:
         return codes.contiguous().numpy()
 
-    def build(c: torch.Tensor, _old: Any) -> np.ndarray:
+    def build() -> np.ndarray:
         step = 1 << 16  # packs through int64 bit planes: bound that temporary
-        return np.concatenate([pack_codes(c[s : s + step], nbits) for s in range(0, c.shape[0], step)])
+        return np.concatenate([pack_codes(codes[s : s + step], nbits) for s in range(0, codes.shape[0], step)])
 
-    return _PACKED_CODES.get(codes, build)
+    return _cached(cache, "faiss_codes", build)
 
 
-def faiss_topk(queries: torch.Tensor, sub_embeddings: torch.Tensor, codes: torch.Tensor, k: int, nbits: int):
-    """``(values, indices)`` ``[B, k]`` by inner product, best first, from faiss's PQ scan over ``codes``."""
+def faiss_topk(queries: torch.Tensor, sub_embeddings: torch.Tensor, codes: torch.Tensor, k: int, nbits: int,
+               cache: Any = None):
+    """``(values, indices)`` ``[B, k]`` by inner product, best first, from faiss's PQ scan over ``codes``;
+    ``cache``: the owning module's :class:`~urecjpq_plugin.decode_cache.DecodeCache`, or ``None``."""
     faiss = faiss_or_none()
-    pq = _quantizer(sub_embeddings, nbits)
-    code_bytes = _code_bytes(codes, nbits)
+    pq = _quantizer(sub_embeddings, nbits, cache)
+    code_bytes = _code_bytes(codes, nbits, cache)
     x = np.ascontiguousarray(queries.detach().to(torch.float32).cpu().numpy())
     batch = x.shape[0]
     values = np.empty((batch, k), dtype=np.float32)
@@ -145,27 +127,6 @@ def pair_scores(P: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> torc
     for p in range(1, P.shape[0]):
         out += P[p].index_select(0, ids[:, p])
     return out
-
-
-# -- chunk decode -----------------------------------------------------------------------------------
-_DECODED = _TensorKeyedCache()
-
-
-def decoded_table(sub_embeddings: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """The whole decoded ``[N, d]`` table, cached per sub-embedding tensor until it (or ``codes``) changes.
-
-    For small tables scored many times without gradient (RecBole evaluates ml-100k two users per
-    batch: re-decoding 1.7k rows cost ~4x the ``q @ W.T`` itself); callers bound its size.
-    """
-
-    def build(sub: torch.Tensor, _old: Any) -> tuple:
-        return weakref.ref(codes), codes._version, decode_rows(sub.detach(), codes)
-
-    codes_ref, codes_version, table = _DECODED.get(sub_embeddings, build)
-    if codes_ref() is not codes or codes_version != codes._version:
-        _DECODED._entries.pop(id(sub_embeddings), None)
-        codes_ref, codes_version, table = _DECODED.get(sub_embeddings, build)
-    return table
 
 
 def pack_codes(codes: np.ndarray | torch.Tensor, nbits: int) -> np.ndarray:

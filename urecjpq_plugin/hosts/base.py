@@ -225,7 +225,8 @@ def codes_source(jcfg: JPQConfig, counts: Mapping[str, int],
 
     def codes_for(entity: str) -> torch.Tensor:
         if placeholder:
-            return torch.zeros(counts[entity], jcfg.M, dtype=code_dtype(jcfg.ksub))
+            table_config = jcfg.for_table(entity)
+            return torch.zeros(counts[entity], table_config.M, dtype=code_dtype(table_config.ksub))
         if not cache:
             cache.update(compute())
         return cache[entity]
@@ -233,12 +234,18 @@ def codes_source(jcfg: JPQConfig, counts: Mapping[str, int],
     return codes_for
 
 
+def model_is(model: nn.Module, names: Iterable[str]) -> bool:
+    """Whether ``model``'s class (or a base class) has one of ``names`` (host model names)."""
+    names = set(names)
+    return any(cls.__name__ in names for cls in type(model).__mro__)
+
+
 def row_scales_source(jcfg: JPQConfig, interactions: Callable[[], Any], model: nn.Module,
                       dot_product_models: Iterable[str] = ()) -> Callable[[], Mapping[str, torch.Tensor]]:
     """``row_scales()`` for :func:`~urecjpq_plugin.inject.inject_jpq`: the degree scales of the training
     matrix ``interactions()``; none while building for a checkpoint load (the checkpoint brings them).
     ``jpq_degree_scale: auto`` applies only to the host's ``dot_product_models`` (class names)."""
-    known = any(cls.__name__ in set(dot_product_models) for cls in type(model).__mro__)
+    known = model_is(model, dot_product_models)
     placeholder = is_building_for_load()
     return functools.cache(lambda: {} if placeholder else degree_scales(jcfg, interactions(), known))  # once per model
 
@@ -250,5 +257,6 @@ def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: in
     for line in extra:
         logger.info(line)
     how = "checkpoint" if is_building_for_load() else jcfg.code_assign
-    logger.info(f"urecjpq: JPQ M={jcfg.M} ksub={jcfg.ksub} codes={how} targets={list(jcfg.targets)}: "
+    overrides = "".join(f" {t}: {dict(v)}" for t, v in jcfg.table_overrides)
+    logger.info(f"urecjpq: JPQ M={jcfg.M} ksub={jcfg.ksub}{overrides} codes={how} targets={list(jcfg.targets)}: "
                 f"trainable parameters {before:,} -> {after:,}")

@@ -54,13 +54,16 @@ def plan_lines(model: nn.Module, refs: list[TableRef], source: str, jcfg: JPQCon
     """One line per table (path, rows, dim, entity, where the match came from), then the parameter change."""
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)
     params = dict(model.named_parameters(remove_duplicate=False))
-    lines = [f"{'path':<40} {'rows':>8} {'dim':>5}  {'entity':<10} from"]
+    lines = [f"{'path':<40} {'rows':>8} {'dim':>5}  {'entity':<10} {'M':>3} {'ksub':>5}  from"]
     saved = 0
     for ref in refs:
-        jcfg.check_dim(ref.shape[1], table=ref.path)
-        ksub = 2 * jcfg.ksub if ref.entity == "user_item" else jcfg.ksub  # users and items on disjoint halves
-        jcfg.check_rows(ref.shape[0], table=ref.path)
-        lines.append(f"{ref.path:<40} {ref.shape[0]:>8} {ref.shape[1]:>5}  {ref.entity:<10} {source}")
+        table_config = jcfg.for_table("user" if ref.entity == "user_item" else ref.entity)
+        table_config.check_dim(ref.shape[1], table=ref.path)
+        table_config.check_rows(ref.shape[0], table=ref.path)
+        # a users-then-items table puts users and items on disjoint halves of one codebook
+        ksub = 2 * table_config.ksub if ref.entity == "user_item" else table_config.ksub
+        lines.append(f"{ref.path:<40} {ref.shape[0]:>8} {ref.shape[1]:>5}  {ref.entity:<10} {table_config.M:>3} "
+                     f"{ksub:>5}  {source}")
         weight = params.get(f"{ref.path}.weight", params.get(ref.path))
         if weight is not None and weight.requires_grad:
             saved += ref.shape[0] * ref.shape[1] - ksub * ref.shape[1]
@@ -138,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"jpq_M": args.M, "jpq_ksub": args.ksub, "jpq_targets": list(jcfg.targets)}
     if args.host == "recbole":
         model, config, counts = recbole_model(args, overrides)
+        jcfg = JPQConfig.from_mapping(config)  # with YAML's jpq_table_overrides, if any
         from urecjpq_plugin.hosts.recbole.context import is_context_model, plan_lines as context_plan_lines
 
         if is_context_model(model):  # user/item rows inside shared token tables: one line per field
@@ -151,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from urecjpq_plugin.hosts.mmrec.tables import id_table_refs
 
         model, config, counts = mmrec_model(args, overrides)
+        jcfg = JPQConfig.from_mapping(config)
         refs, source = id_table_refs(model, counts, jcfg.id_targets, config)
     print(f"{args.model} on {args.dataset} ({args.host}): {len(refs)} ID tables would be swapped")
     for line in plan_lines(model, refs, source, jcfg):

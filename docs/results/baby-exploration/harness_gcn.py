@@ -23,6 +23,8 @@ def norm_adj(train):
 
 def propagate(model, L, layers, nu):
     x = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    if getattr(model, "fixed", None) is not None:
+        x = x + model.fixed  # a fixed (never trained) random row per ID, at xavier scale times --fixed
     out = [x]
     for _ in range(layers):
         x = torch.sparse.mm(L, x); out.append(x)
@@ -36,6 +38,9 @@ def main():
     p.add_argument("--epochs", type=int, default=80); p.add_argument("--patience", type=int, default=10)
     p.add_argument("--seed", type=int, default=2020); p.add_argument("--layers", type=int, default=2)
     p.add_argument("--reg", type=float, default=1e-5); p.add_argument("--quiet", action="store_true")
+    p.add_argument("--fixed", type=float, default=0.0)  # add a fixed random per-ID row of std xavier*this
+    p.add_argument("--codes", default=None)  # a codes_exp.make2 kind (pqnsvd64, file:<tables.pt>, ...) instead of the plugin's
+    p.add_argument("--save", default=None)  # save the ego tables (user, item) of the best epoch here
     a = p.parse_args()
     torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
     train, valid, test = load(a.data); nu, ni = train.shape
@@ -50,7 +55,17 @@ def main():
                         kw[k] = cast(v); break
                     except ValueError:
                         pass
-        apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train)
+        given = None
+        if a.codes:
+            import codes_exp
+            M = kw.get("M", 16)
+            uc, ic = codes_exp.make2(a.codes, train, M, kw.get("ksub", 256), a.seed, 64)
+            given = {"user": uc, "item": ic}
+        apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train, codes=given)
+    if a.fixed:
+        g = torch.Generator().manual_seed(a.seed + 7)
+        std = (2.0 / (nu + 64)) ** 0.5, (2.0 / (ni + 64)) ** 0.5
+        model.fixed = a.fixed * torch.cat([torch.randn(nu, 64, generator=g) * std[0], torch.randn(ni, 64, generator=g) * std[1]])
     L = norm_adj(train)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     tr = train.tocoo(); U = torch.from_numpy(tr.row).long(); I = torch.from_numpy(tr.col).long(); n = len(U)
@@ -69,7 +84,11 @@ def main():
         with torch.no_grad(): uw, iw = propagate(model, L, a.layers, nu)
         r, nd, _ = evaluate(uw, iw, train, valid)
         if not a.quiet: print(f"ep {ep} loss {tot/n:.4f} valid R@20 {r:.4f} N@20 {nd:.4f} ({time.time()-t0:.0f}s)", flush=True)
-        if r > best: best, best_ep, state = r, ep, (uw.clone(), iw.clone())
+        if r > best:
+            best, best_ep, state = r, ep, (uw.clone(), iw.clone())
+            if a.save:
+                with torch.no_grad():
+                    torch.save((model.user_embedding.weight.detach().clone(), model.item_embedding.weight.detach().clone()), a.save)
         elif ep - best_ep >= a.patience: break
     tr_, tn, _ = evaluate(state[0], state[1], train + valid, test)
     print(json.dumps(dict(args=vars(a), best_ep=best_ep, valid=best, test_recall=tr_, test_ndcg=tn)))

@@ -31,13 +31,13 @@ from torch import nn
 
 from urecjpq_plugin.apply import JPQCheckpointError, building_for_load, is_building_for_load
 from urecjpq_plugin.assign import assign_codes
-from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
+from urecjpq_plugin.config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 from urecjpq_plugin.features import FeatureSwap, check_feature_dim, pq_feature_table
 from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, build_jpq_tables, swap_all
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
 from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
-from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, model_is, row_scales_source,
                    wrap_model_class)
 from urecjpq_plugin.hosts.full_sort import route_full_sort
 from urecjpq_plugin.hosts.mmrec.args import overrides_from_argv
@@ -82,7 +82,8 @@ def compute_codes(jcfg: JPQConfig, dataloader: Any, model: nn.Module, config: An
     matrix = interactions() if interactions is not None else dataloader.inter_matrix(form="csr")
     inter = matrix.astype(np.float32)
     features = load_item_features(model, config) if jcfg.code_assign.startswith("features") else None
-    return assign_codes(jcfg, inter, item_features=features, host="the MMRec host")
+    return assign_codes(jcfg, inter, item_features=features, host="the MMRec host",
+                        propagates=model_is(model, PROPAGATION_MODELS))
 
 
 def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
@@ -97,6 +98,9 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 # jpq_degree_scale: auto applies to these (scores from dot products of the rows or of their linear
 # propagation; see hosts.recbole.DEGREE_SCALE_MODELS for what was measured).
 DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
+# Models propagating their ID rows over the normalised user-item graph: svd_pq_norm codes on sparse
+# data under jpq_code_assign: auto (see hosts.recbole.hook.PROPAGATION_MODELS).
+PROPAGATION_MODELS = ("LightGCN",)
 def _bpr_query(model: nn.Module, interaction: Any) -> torch.Tensor:
     return model.get_user_embedding(interaction[0])
 
@@ -132,9 +136,12 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
     # jpq_M: auto -> from the ID tables' width; feature tables share that M.
     jcfg = jcfg.for_dims([r.shape[1] for r in refs] or [m.weight.shape[1] for m in wanted_features.values()])
     for ref in refs:
-        jcfg.check_dim(ref.shape[1], table=ref.path)
+        if ref.entity == "user_item" and not jcfg.same_for("user", "item"):
+            raise JPQConfigError(f"{name} keeps users and items in one table ({ref.path}), so jpq_table_overrides "
+                                 "must give user and item the same M and ksub")
+        jcfg.for_table("user" if ref.entity == "user_item" else ref.entity).check_dim(ref.shape[1], table=ref.path)
     for target, module in wanted_features.items():
-        check_feature_dim(module.weight.shape[1], jcfg.M, FEATURE_TABLES[target])
+        check_feature_dim(module.weight.shape[1], jcfg.for_table(target).M, FEATURE_TABLES[target])
 
     before = count_trainable(model)
     training_matrix = functools.cache(lambda: dataloader.inter_matrix(form="csr"))  # codes and degree scales share it
@@ -145,7 +152,8 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
     built += [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
     features = []
     for target, module in wanted_features.items():
-        new, swap = pq_feature_table(module.weight, jcfg.M, jcfg.ksub, jcfg.seed, FEATURE_TABLES[target],
+        table_config = jcfg.for_table(target)
+        new, swap = pq_feature_table(module.weight, table_config.M, table_config.ksub, jcfg.seed, FEATURE_TABLES[target],
                                      is_building_for_load())
         features.append((TableRef(FEATURE_TABLES[target], target, "embedding", tuple(module.weight.shape)), new, swap))
     records = swap_all(model, built)
@@ -160,8 +168,9 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
 def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfig, row_scales: Any) -> tuple:
     """GRCN's users-then-items table: one JPQEmbedding over a ``2 * ksub`` codebook (not yet swapped in)."""
     table, padding_idx = _table_of(*_resolve(model, ref.path), ref.kind)
-    codes = _joint_codes({"user": codes_for("user"), "item": codes_for("item")}, jcfg.ksub)
-    new = JPQEmbedding.from_table(table, codes.to(table.device), 2 * jcfg.ksub, padding_idx, jcfg.split_dropout)
+    ksub = jcfg.for_table("user").ksub  # the same for items (checked before any build)
+    codes = _joint_codes({"user": codes_for("user"), "item": codes_for("item")}, ksub)
+    new = JPQEmbedding.from_table(table, codes.to(table.device), 2 * ksub, padding_idx, jcfg.split_dropout)
     scales = row_scales()
     if scales:
         new.set_row_scale(torch.cat([scales["user"], scales["item"]]))

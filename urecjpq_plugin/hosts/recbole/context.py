@@ -129,10 +129,10 @@ def resolved_config(jcfg: JPQConfig, plan: Sequence[tuple[TokenTable, list[RowRa
     wide = [widths[t.path] for t, _ in plan if not t.first_order]
     jcfg = jcfg.for_dims(wide or widths.values())
     for table, ranges in plan:
-        if not table.first_order:
-            jcfg.check_dim(widths[table.path], table=table.path)
         for r in ranges:
-            jcfg.check_rows(r.rows, table=f"{table.path} field {r.field}")
+            if not table.first_order:
+                jcfg.for_table(r.entity).check_dim(widths[table.path], table=table.path)
+            jcfg.for_table(r.entity).check_rows(r.rows, table=f"{table.path} field {r.field}")
     return jcfg
 
 
@@ -152,7 +152,9 @@ def compress_context_model(model: nn.Module, config: Any, dataset: Any, jcfg: JP
     built, records = [], []
     for table, ranges in plan:  # every new table first: a failing check changes nothing
         plain = model.get_submodule(table.path)
-        new = RowRangeEmbedding.from_table(plain, ranges, codes, jcfg.M, jcfg.ksub, jcfg.split_dropout)
+        per_entity = {e: jcfg.for_table(e) for e in codes}
+        new = RowRangeEmbedding.from_table(plain, ranges, codes, {e: c.M for e, c in per_entity.items()},
+                                           {e: c.ksub for e, c in per_entity.items()}, jcfg.split_dropout)
         for r, part in zip(new.ranges, new.parts):
             part.set_row_scale(scales.get(r.entity))
         built.append((table.path, new))
@@ -196,8 +198,10 @@ def plan_lines(model: nn.Module, config: Any, counts: Mapping[str, int], jcfg: J
             if r is None:
                 how, entity = "kept", "-"
             else:
-                after = compressed_params(width, jcfg.M, jcfg.ksub)
-                how = f"compressed ({'summed' if sums_splits(width, jcfg.M) else 'concatenated'} splits, {after:,} params)"
+                table_config = jcfg.for_table(r.entity)
+                after = compressed_params(width, table_config.M, table_config.ksub)
+                splits = "summed" if sums_splits(width, table_config.M) else "concatenated"
+                how = f"compressed ({splits} splits, M={table_config.M} ksub={table_config.ksub}, {after:,} params)"
                 entity = r.entity
                 saved += (r.rows * width - after) if trainable else 0
             lines.append(f"{table.path:<50} {f'{start}:{stop}':>11} {width:>4}  {field:<14} {entity:<6} {how}")

@@ -7,13 +7,9 @@ RecBole's own ``run_recbole``. Nothing of RecBole is edited on disk.
 
 In every rank:
 
-- JPQ codes are made identical by construction: each rank builds its model (and codes) as usual,
-  then rank 0's codes and sub-embeddings are broadcast, and a sha256 digest of every rank's codes is
-  compared (:func:`verify_codes_identical`, raising :class:`JPQCodesMismatchError`). Broadcasting,
-  rather than trusting every rank to recompute the same codes, keeps multi-machine runs correct
-  when BLAS differs between machines (SVD codes can then differ in the last bit of a quantile); the
-  digest check guards the broadcast and catches ranks whose tables differ in shape (different data).
-  DDP is then told to ignore the fixed ``codes`` buffers, so they are not re-broadcast every step.
+- JPQ codes are made identical by construction, as for any DDP user (:mod:`urecjpq_plugin.distributed`):
+  each rank builds its model (and codes) as usual, then rank 0's codes and sub-embeddings are
+  broadcast and checked by digest, and DDP is told to ignore the fixed buffers.
 - Sub-embeddings are ordinary Parameters: DDP all-reduces their gradients like any other.
 - Only rank 0 writes logs, tensorboard files and checkpoints; every rank loads rank 0's checkpoint
   for the final test (RecBole names it by each rank's own clock, and loads it without waiting).
@@ -25,10 +21,9 @@ replaced in-process: ``Config._init_device`` joins a gloo group on ``cpu``, and 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -43,120 +38,14 @@ _RUN_FACTS: dict[str, Any] = {}
 _PATCHED: list[str] = []  # backend whose patches this process holds
 
 
-class JPQDistributedError(URecJPQError):
-    """Bad distributed settings (backend, process counts)."""
-
-
-class JPQCodesMismatchError(URecJPQError):
-    """Ranks of one distributed run hold different JPQ codes for the same table."""
-
-
-# -- codes agreement (host-agnostic: torch.distributed only) -----------------------------------
-def codes_digest(codes: torch.Tensor) -> str:
-    """sha256 of a codes tensor's dtype, shape and bytes (hex)."""
-    data = codes.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
-    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _summary(model: nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {name: (tuple(m.codes.shape), codes_digest(m.codes)) for name, m in jpq_modules(model).items()}
-
-
-def _gather(obj: Any) -> list[Any]:
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _disagreements(gathered: Sequence[dict], what: int) -> dict[str, list[int]]:
-    """Table -> ranks whose entry ``what`` (0 shape, 1 digest) differs from rank 0's (or is missing)."""
-    bad: dict[str, list[int]] = {}
-    for name in sorted(set().union(*gathered)):
-        ref = gathered[0].get(name)
-        ranks = [
-            r for r, s in enumerate(gathered)
-            if (s.get(name) is None) != (ref is None) or (ref is not None and name in s and s[name][what] != ref[what])
-        ]
-        if ranks:
-            bad[name] = ranks
-    return bad
-
-
-def _raise_mismatch(bad: dict[str, list[int]], gathered: Sequence[dict], reason: str) -> None:
-    name, ranks = next(iter(bad.items()))
-    other = ranks[0]
-    ref, got = gathered[0].get(name), gathered[other].get(name)
-    show = (lambda s: "missing" if s is None else f"shape {s[0]} sha256 {s[1][:12]}")  # noqa: E731
-    more = f" (and {len(bad) - 1} more tables)" if len(bad) > 1 else ""
-    raise JPQCodesMismatchError(
-        f"JPQ codes of table {name!r} differ between rank 0 and rank(s) {', '.join(map(str, ranks))}{more}: "
-        f"rank 0 {show(ref)}, rank {other} {show(got)}; {reason}"
-    )
-
-
-def verify_codes_identical(model: nn.Module) -> list[dict[str, tuple[tuple[int, ...], str]]]:
-    """All-gather every rank's codes digests; raise :class:`JPQCodesMismatchError` if any differ.
-
-    Collective: every rank of the default group must call it. Returns the per-rank summaries.
-    """
-    gathered = _gather(_summary(model))
-    bad = _disagreements(gathered, 1)
-    if bad:
-        _raise_mismatch(bad, gathered, "every rank must train the same codes (same data, split and jpq_* options)")
-    return gathered
-
-
-def _comm_device(default: torch.device) -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu") if default.type != "cpu" else default
-
-
-@torch.no_grad()
-def broadcast_codes(model: nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s codes and sub-embeddings into every rank's JPQ tables (collective).
-
-    Table shapes must already agree (see :func:`sync_jpq_codes`).
-    """
-    for _, module in sorted(jpq_modules(model).items()):
-        for tensor in (module.codes, module.sub_embeddings):
-            dev = _comm_device(tensor.device)
-            # Bytes, so uint16/uint32 codes travel on backends without unsigned wide types.
-            buf = tensor.detach().to(dev).contiguous().reshape(-1).view(torch.uint8).clone()
-            dist.broadcast(buf, src=src)
-            tensor.copy_(buf.view(tensor.dtype).reshape(tensor.shape).to(tensor.device))
-
-
-def sync_jpq_codes(model: nn.Module, src: int = 0) -> list[dict]:
-    """Make every rank's JPQ tables rank ``src``'s, then verify; returns per-rank code summaries.
-
-    Raises :class:`JPQCodesMismatchError` when ranks hold tables of different shapes (their data
-    differ, which broadcasting cannot fix) or, after the broadcast, different codes.
-    """
-    before = _gather(_summary(model))
-    bad_shape = _disagreements(before, 0)
-    if bad_shape:
-        _raise_mismatch(bad_shape, before, "ranks built different tables; every rank must load the same dataset")
-    recomputed = _disagreements(before, 1)
-    if recomputed and dist.get_rank() == 0:
-        logging.getLogger().warning(
-            "JPQ codes computed on rank(s) %s differ from rank 0's for %s; all ranks use rank 0's codes",
-            sorted({r for rs in recomputed.values() for r in rs}),
-            ", ".join(recomputed),
-        )
-    broadcast_codes(model, src)
-    return verify_codes_identical(model)
-
-
-def _ignore_fixed_buffers_in_ddp(model: nn.Module) -> None:
-    """Codes and offsets never change: keep DDP from broadcasting them on every forward."""
-    names = [f"{n}.{b}" for n, m in jpq_modules(model).items() for b in ("codes", "offsets")]
-    previous = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-    setter = getattr(nn.parallel.DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
-    if setter is not None:
-        setter(model, previous + names)
+from urecjpq_plugin.distributed import (  # noqa: F401  (JPQCodesMismatchError: raised through sync_jpq_codes)
+    JPQCodesMismatchError,
+    JPQDistributedError,
+    codes_digest,
+    gather,
+    ignore_fixed_buffers_in_ddp,
+    sync_jpq_codes,
+)
 
 
 def _weights_summary(model: nn.Module) -> dict[str, str]:
@@ -178,7 +67,7 @@ def _synced_model_class(cls: type) -> type:
             _RUN_FACTS["jpq_codes_sha256_by_rank"] = [
                 {name: digest for name, (_, digest) in s.items()} for s in sync_jpq_codes(self)
             ]
-            _ignore_fixed_buffers_in_ddp(self)
+            ignore_fixed_buffers_in_ddp(self)
 
     _SYNCED[cls] = subclass_with(cls, __init__=__init__)
     return _SYNCED[cls]
@@ -197,7 +86,7 @@ def _distributed_trainer_class(cls: type) -> type:
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = cls.fit(self, *args, **kwargs)
         if not self.config["single_spec"] and jpq_modules(self.model):
-            _RUN_FACTS["jpq_weights_sha256_by_rank"] = _gather(_weights_summary(self.model))
+            _RUN_FACTS["jpq_weights_sha256_by_rank"] = gather(_weights_summary(self.model))
         return out
 
     def evaluate(self: Any, eval_data: Any, *args: Any, **kwargs: Any) -> Any:
