@@ -95,9 +95,9 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 # MMRec model class -> (query vectors, raw item table) where its full_sort_predict is
 # ``query @ <item table>.weight.T`` (read from MMRec's source; the others score propagated or
 # feature-fused item representations, which are not the compressed table).
-# jpq_degree_scale: auto applies to these (scores from dot products of the rows or of their linear
-# propagation; see hosts.recbole.DEGREE_SCALE_MODELS for what was measured).
-DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
+# jpq_degree_scale: auto applies to these (scores from dot products of the rows; see
+# hosts.recbole.hook.DEGREE_SCALE_MODELS for what was measured).
+DEGREE_SCALE_MODELS = ("BPR",)
 # Models propagating their ID rows over the normalised user-item graph: svd_pq_norm codes on sparse
 # data under jpq_code_assign: auto (see hosts.recbole.hook.PROPAGATION_MODELS).
 PROPAGATION_MODELS = ("LightGCN",)
