@@ -54,11 +54,6 @@ def test_auto_takes_svd_pq_on_sparse_and_svd_on_dense_interactions(caplog):
             want = assign_codes(JPQConfig(M=8, ksub=32, code_assign=how, seed=3), X)
             assert all(torch.equal(got[e], want[e]) for e in ("user", "item"))
     assert "jpq_code_assign=auto -> svd_pq" in caplog.text and "jpq_code_assign=auto -> svd" in caplog.text
-    # a model propagating over the normalised graph (LightGCN) gets svd_pq_norm on sparse data only
-    assert resolve_auto(sparse, propagates=True) == "svd_pq_norm" and resolve_auto(dense, propagates=True) == "svd"
-    got = assign_codes(cfg, sparse, propagates=True)
-    want = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq_norm", seed=3), sparse)
-    assert all(torch.equal(got[e], want[e]) for e in ("user", "item"))
 
 
 def test_svd_pq_norm_is_svd_pq_of_the_degree_normalised_matrix():
@@ -74,43 +69,3 @@ def test_svd_pq_norm_is_svd_pq_of_the_degree_normalised_matrix():
     assert torch.equal(got["user"], want[0]) and torch.equal(got["item"], want[1])
     assert not torch.equal(got["item"], plain["item"])
     assert X.sum() == (X != 0).sum()  # the caller's matrix is left as it was (binary)
-
-
-@pytest.mark.parametrize("model_name, propagates", [("BPR", False), ("LightGCN", True)])
-def test_hosts_tell_code_assignment_which_models_propagate(model_name, propagates, recbole_env, monkeypatch):
-    from urecjpq_plugin.hosts.recbole import hook
-
-    seen = []
-    real = hook.assign_codes
-    monkeypatch.setattr(hook, "assign_codes", lambda *a, **kw: seen.append(kw.get("propagates")) or real(*a, **kw))
-    from .test_recbole_models import build
-
-    build(model_name, {**recbole_env, "jpq": True, "jpq_ksub": 64})
-    assert seen == [propagates]
-
-
-def test_features_need_features_and_interactions_are_needed():
-    with pytest.raises(JPQConfigError, match="needs multimodal item features"):
-        assign_codes(JPQConfig(code_assign="features", M=8, ksub=16), block_matrix())
-    with pytest.raises(JPQConfigError, match="needs the training interactions"):
-        assign_codes(JPQConfig(code_assign="svd", M=8, ksub=16), None, {"user": 10, "item": 10})
-
-
-def test_auto_M_gives_four_dimensions_per_split():
-    assert [auto_M(d) for d in (64, 128, 100, 30, 8, 3)] == [16, 32, 25, 6, 2, 1]
-    cfg = JPQConfig.from_mapping({"jpq_M": "auto"})
-    assert cfg.M == "auto" and cfg.for_dims([64, 64]).M == 16 and cfg.for_dims([64, 32]).M == 8
-    with pytest.raises(JPQConfigError, match="positive integer or 'auto'"):
-        JPQConfig(M="many")
-
-
-def test_apply_jpq_resolves_auto_from_the_tables():
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.user_embedding, self.item_embedding = nn.Embedding(400, 64), nn.Embedding(300, 64)
-
-    model = Tiny()
-    apply_jpq(model, JPQConfig(M="auto", ksub=32, code_assign="svd"), {"user": 400, "item": 300},
-              interactions=block_matrix())
-    assert model.user_embedding.M == model.item_embedding.M == 16 and model.item_embedding.dsub == 4

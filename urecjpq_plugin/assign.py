@@ -41,12 +41,13 @@ def interactions_per_id(interactions: Any) -> float:
     return 2 * interactions.nnz / max(sum(interactions.shape), 1)
 
 
-def resolve_auto(interactions: Any, propagates: bool = False) -> str:
-    """For a sparse training matrix (few interactions per ID) ``svd_pq``, or ``svd_pq_norm`` for a model
-    that propagates its rows over the normalised user-item graph (LightGCN); else ``svd``."""
-    if interactions_per_id(interactions) >= SPARSE_DEGREE:
-        return "svd"
-    return "svd_pq_norm" if propagates else "svd_pq"
+def resolve_auto(interactions: Any) -> str:
+    """``svd_pq`` for a sparse training matrix (few interactions per ID), else ``svd``.
+
+    ``svd_pq_norm`` is not chosen: for LightGCN it gained on Amazon Baby (RecBole, 3 seeds: -16.3 % ->
+    -10.4 % recall@20) and lost on TikTok (MMRec, 3 seeds: -13.8 % -> -23.4 %); see docs/benchmarks.md.
+    """
+    return "svd_pq" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"
 
 
 def resolve_degree_scale(config: JPQConfig, interactions: Any, dot_product_model: bool = True) -> float:
@@ -92,22 +93,20 @@ def degree_scales(config: JPQConfig, interactions: Any, dot_product_model: bool 
 
 def assign_codes(
     config: JPQConfig, interactions: Any = None, counts: dict[str, int] | None = None,
-    item_features: Sequence[Any] | None = None, host: str = "this host", propagates: bool = False,
+    item_features: Sequence[Any] | None = None, host: str = "this host",
 ) -> dict[str, torch.Tensor]:
     """``{"user": [n_users, M], "item": [n_items, M]}`` codes for ``config.code_assign``.
 
     ``interactions``: scipy users x items *training* matrix (needed by every method but ``random``);
     ``counts``: rows per entity when there is no matrix; ``item_features``: arrays ``[n_items, *]``
-    for ``features``/``features_svd``; ``propagates``: the model propagates its rows over the normalised
-    user-item graph (the host knows; ``auto`` then takes ``svd_pq_norm``). ``svd_pq`` takes the tables' width (``config.dim``, set by
+    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` take the tables' width (``config.dim``, set by
     :meth:`JPQConfig.for_dims`; else ``4 * M``) as its SVD rank. Logs each table's distinct-code fraction.
     """
     if config.table_overrides:  # per-table M / ksub: each side's codes at its own settings
         sides = [e for e in ("user", "item") if counts is None or e in counts]
         if config.same_for(*sides):
-            return assign_codes(config.for_table(sides[0]), interactions, counts, item_features, host, propagates)
-        return {e: assign_codes(config.for_table(e), interactions, counts, item_features, host, propagates)[e]
-                for e in sides}
+            return assign_codes(config.for_table(sides[0]), interactions, counts, item_features, host)
+        return {e: assign_codes(config.for_table(e), interactions, counts, item_features, host)[e] for e in sides}
     how, M, ksub, seed = config.code_assign, config.M, config.ksub, config.seed
     if not isinstance(M, int):
         raise JPQConfigError(f"jpq_M={M!r} must be resolved to the tables' width first (JPQConfig.for_dims)")
@@ -128,10 +127,9 @@ def assign_codes(
         raise JPQConfigError(f"interactions {inter.shape} has no nonzero entry, so jpq_code_assign={how!r} has "
                              "nothing to learn from; give the training interactions, or use random")
     if how == AUTO:
-        how = resolve_auto(inter, propagates)
+        how = resolve_auto(inter)
         logger.info(f"urecjpq: jpq_code_assign=auto -> {how} ({interactions_per_id(inter):.1f} "
-                    f"training interactions per ID; svd_pq below {SPARSE_DEGREE:g}, svd_pq_norm there for "
-                    "models that propagate over the user-item graph)")
+                    f"training interactions per ID; svd_pq below {SPARSE_DEGREE:g})")
     if how == "svd":
         user, item = svd_codes(inter, M, ksub, seed)
     elif how in ("svd_pq", "svd_pq_norm"):

@@ -37,7 +37,7 @@ from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
 from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
-from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, model_is, row_scales_source,
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
                    wrap_model_class)
 from urecjpq_plugin.hosts.full_sort import route_full_sort
 from urecjpq_plugin.hosts.mmrec.args import overrides_from_argv
@@ -82,8 +82,7 @@ def compute_codes(jcfg: JPQConfig, dataloader: Any, model: nn.Module, config: An
     matrix = interactions() if interactions is not None else dataloader.inter_matrix(form="csr")
     inter = matrix.astype(np.float32)
     features = load_item_features(model, config) if jcfg.code_assign.startswith("features") else None
-    return assign_codes(jcfg, inter, item_features=features, host="the MMRec host",
-                        propagates=model_is(model, PROPAGATION_MODELS))
+    return assign_codes(jcfg, inter, item_features=features, host="the MMRec host")
 
 
 def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
@@ -95,12 +94,9 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 # MMRec model class -> (query vectors, raw item table) where its full_sort_predict is
 # ``query @ <item table>.weight.T`` (read from MMRec's source; the others score propagated or
 # feature-fused item representations, which are not the compressed table).
-# jpq_degree_scale: auto applies to these (scores from dot products of the rows; see
-# hosts.recbole.hook.DEGREE_SCALE_MODELS for what was measured).
-DEGREE_SCALE_MODELS = ("BPR",)
-# Models propagating their ID rows over the normalised user-item graph: svd_pq_norm codes on sparse
-# data under jpq_code_assign: auto (see hosts.recbole.hook.PROPAGATION_MODELS).
-PROPAGATION_MODELS = ("LightGCN",)
+# jpq_degree_scale: auto applies to these (scores from dot products of the rows or of their linear
+# propagation; see hosts.recbole.hook.DEGREE_SCALE_MODELS for what was measured).
+DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
 def _bpr_query(model: nn.Module, interaction: Any) -> torch.Tensor:
     return model.get_user_embedding(interaction[0])
 

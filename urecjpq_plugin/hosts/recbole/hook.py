@@ -22,23 +22,18 @@ from urecjpq_plugin.apply import JPQCheckpointError, building_for_load
 from urecjpq_plugin.assign import assign_codes
 from urecjpq_plugin.config import JPQConfig, JPQConfigError
 from urecjpq_plugin.inject import count_trainable, inject_jpq, jpq_modules
-from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, model_is, row_scales_source,
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, row_scales_source,
                    wrap_model_class)
 
 __all__ = ["JPQCheckpointError", "activate", "check_state_matches", "compress_model", "compute_codes",
            "deactivate", "is_active", "load_data_and_model", "run"]
 
 _WRAPPED: dict[type, type] = {}
-# Models scored by a dot product of their ID rows: where jpq_degree_scale: auto applies (measured on
-# Amazon Baby, 3 seeds: BPR -10.7 % -> -5.5 %). NGCF, whose layers transform the rows, lost -6.6 % ->
-# -37.6 % with it (seed 2020). LightGCN gained with svd_pq codes (-18.3 % -> -16.3 %) but not with its
-# svd_pq_norm codes (plain-PyTorch LightGCN, seed 2020: test recall@20 0.0666 with c = 3, 0.0670
-# without, in twice the epochs); other models are unmeasured and keep the rows unscaled unless
-# jpq_degree_scale is set.
-DEGREE_SCALE_MODELS = ("BPR",)
-# Models that propagate their rows over the normalised user-item graph, LightGCN-style: on sparse data
-# jpq_code_assign: auto gives them svd_pq_norm codes (see assign.resolve_auto; measured on LightGCN).
-PROPAGATION_MODELS = ("LightGCN",)
+# Models whose score is a dot product of the ID rows or of a linear propagation of them: where
+# jpq_degree_scale: auto applies (measured on Amazon Baby, 3 seeds: BPR -10.7 % -> -5.5 %, LightGCN
+# -18.3 % -> -16.3 %). NGCF, whose layers transform the rows, lost -6.6 % -> -37.6 % with it (seed 2020);
+# other models are unmeasured and keep the rows unscaled unless jpq_degree_scale is set.
+DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
 _PATCHES = Patches()
 # RecBole modules that call torch.load on its own pickled checkpoints (config objects inside).
 _TORCH_LOAD_MODULES = ("recbole.trainer.trainer",)
@@ -94,15 +89,13 @@ def _wrap_model_class(cls: type) -> type:
     return wrap_model_class(cls, compress_model, _WRAPPED, members=_other_parameter, rewrap=_wrap_model_class)
 
 
-def compute_codes(config: JPQConfig, dataset: Any, interactions: Callable[[], Any] | None = None,
-                  propagates: bool = False) -> dict[str, torch.Tensor]:
+def compute_codes(config: JPQConfig, dataset: Any, interactions: Callable[[], Any] | None = None) -> dict[str, torch.Tensor]:
     """Codes per entity from the dataset the model is built with (RecBole passes the train split);
-    ``interactions()``: its training matrix when the caller already builds it; ``propagates``: the
-    model is one of :data:`PROPAGATION_MODELS`."""
+    ``interactions()``: its training matrix when the caller already builds it."""
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     matrix = interactions or (lambda: dataset.inter_matrix(form="csr"))
     inter = matrix() if config.code_assign != "random" else None
-    return assign_codes(config, inter, counts, host="the RecBole host", propagates=propagates)
+    return assign_codes(config, inter, counts, host="the RecBole host")
 
 
 def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
@@ -116,8 +109,7 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
     from urecjpq_plugin.hosts.recbole.context import compress_context_model, is_context_model
 
     training_matrix = functools.cache(lambda: dataset.inter_matrix(form="csr"))  # codes and degree scales share it
-    codes = functools.partial(compute_codes, interactions=training_matrix,
-                              propagates=model_is(model, PROPAGATION_MODELS))
+    codes = functools.partial(compute_codes, interactions=training_matrix)
     scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)
     if is_context_model(model):  # user/item rows inside shared token tables
         return compress_context_model(model, config, dataset, jcfg, codes, scales)
