@@ -1,0 +1,77 @@
+"""The URecJPQ paper's headline claims beside ours, from the bench records in this folder.
+
+    python docs/results/paper_claims.py        # prints the markdown table in docs/benchmarks.md
+
+Per model: trainable parameters and checkpoint bytes of the whole model, recall@20 / NDCG@20 change against
+the uncompressed runs of the same folder (means over seeds), the plugin's defaults (``auto``) unless a row
+says otherwise. Paper (URecJPQ, arXiv 2606.23291, large-scale setting): parameters −98…99 %, checkpoint
+−86…98 %, recall −8.5 %, NDCG −16 % on average.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import statistics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (label, folder, model, run-name prefix of the compressed runs)
+ROWS = [
+    ("Baby (RecBole) BPR", "baby-degree-scale-bpr", "BPR", "jpq-Mauto-k256-auto-user+item"),
+    ("Baby (RecBole) LightGCN", "baby-degree-scale-lightgcn", "LightGCN", "jpq-Mauto-k256-auto-user+item"),
+    ("TikTok (MMRec) BPR, reg 1e-05", "mmrec-tiktok-bpr-reg1e-5", "BPR", "jpq-Mauto-k256-auto-user+item"),
+    ("TikTok (MMRec) LightGCN", "mmrec-tiktok", "LightGCN", "jpq-Mauto-k256-auto-user+item"),
+    ("TikTok (MMRec) VBPR", "mmrec-tiktok", "VBPR", "jpq-Mauto-k256-auto-user+item"),
+    ("TikTok (MMRec) FREEDOM, ID tables", "mmrec-tiktok", "FREEDOM", "jpq-Mauto-k256-auto-user+item-s"),
+    ("TikTok (MMRec) FREEDOM, ID + feature tables", "mmrec-tiktok", "FREEDOM", "jpq-Mauto-k256-auto-user+item+image+text"),
+    ("TikTok (MMRec) BM3, ID tables", "mmrec-tiktok", "BM3", "jpq-Mauto-k256-auto-user+item-s"),
+    ("TikTok (MMRec) BM3, ID + feature tables", "mmrec-tiktok", "BM3", "jpq-Mauto-k256-auto-user+item+image+text"),
+]
+
+
+def _runs(folder: str, model: str, prefix: str) -> list[dict]:
+    paths = sorted(glob.glob(os.path.join(HERE, folder, "runs", f"{model}-{prefix}*.json")))
+    return [json.load(open(p)) for p in paths]
+
+
+def _mean(runs: list[dict], get) -> float:
+    return statistics.mean(get(r) for r in runs)
+
+
+def _total_params(run: dict) -> int:
+    params = run["params"]
+    return params["total"] if isinstance(params, dict) else int(params)
+
+
+def _change(before: float, after: float) -> float:
+    return 100.0 * (after / before - 1.0)
+
+
+def table() -> str:
+    lines = ["| model | seeds | trainable params | checkpoint | recall@20 | NDCG@20 |", "|---|---|---|---|---|---|"]
+    changes = {"params": [], "checkpoint": [], "recall": [], "ndcg": []}
+    for label, folder, model, prefix in ROWS:
+        base, jpq = _runs(folder, model, "base"), _runs(folder, model, prefix)
+        if not base or not jpq:
+            lines.append(f"| {label} | – | not run | | | |")
+            continue
+        row = {
+            "params": _change(_mean(base, _total_params), _mean(jpq, _total_params)),
+            "checkpoint": _change(_mean(base, lambda r: r["checkpoint_bytes"]), _mean(jpq, lambda r: r["checkpoint_bytes"])),
+            "recall": _change(_mean(base, lambda r: r["metrics"]["recall@20"]), _mean(jpq, lambda r: r["metrics"]["recall@20"])),
+            "ndcg": _change(_mean(base, lambda r: r["metrics"]["ndcg@20"]), _mean(jpq, lambda r: r["metrics"]["ndcg@20"])),
+        }
+        for key, value in row.items():
+            changes[key].append(value)
+        lines.append(f"| {label} | {len(jpq)} | {row['params']:+.1f} % | {row['checkpoint']:+.1f} % | "
+                     f"{row['recall']:+.1f} % | {row['ndcg']:+.1f} % |")
+    mean = {k: statistics.mean(v) for k, v in changes.items()}
+    lines.append(f"| **ours, mean of the rows** | | {mean['params']:+.1f} % | {mean['checkpoint']:+.1f} % | "
+                 f"{mean['recall']:+.1f} % | {mean['ndcg']:+.1f} % |")
+    lines.append("| URecJPQ paper (large-scale setting, average) | | −98…99 % | −86…98 % | −8.5 % | −16 % |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
