@@ -27,6 +27,7 @@ ROWS = [
     ("TikTok (MMRec) FREEDOM, ID + feature tables", "mmrec-tiktok", "FREEDOM", "jpq-Mauto-k256-auto-user+item+image+text"),
     ("TikTok (MMRec) BM3, ID tables", "mmrec-tiktok", "BM3", "jpq-Mauto-k256-auto-user+item-s"),
     ("TikTok (MMRec) BM3, ID + feature tables", "mmrec-tiktok", "BM3", "jpq-Mauto-k256-auto-user+item+image+text"),
+    ("TikTok (MMRec) MGCN, ID tables", "mmrec-tiktok", "MGCN", "jpq-Mauto-k256-auto-user+item-s"),
 ]
 
 
