@@ -48,10 +48,13 @@ class JPQConfigError(URecJPQError):
     """A JPQ option has a value the plugin cannot use."""
 
 
-def _as_int(key: str, value: Any) -> Any:
-    """An integer option from YAML / the command line (``"8"``, ``8.0``); other values pass through to the checks."""
+def _as_int(key: str, value: Any, allow_auto: bool = False) -> Any:
+    """An integer option from YAML / the command line (``"8"``, ``8.0``; ``"auto"`` where ``allow_auto``);
+    values of other types pass through to the config's checks."""
+    if allow_auto and isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     try:
-        if isinstance(value, str) and value.strip().lower() != AUTO:
+        if isinstance(value, str):
             return int(value.strip())
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -161,7 +164,8 @@ class JPQConfig:
             if unknown:
                 raise JPQConfigError(f"jpq_table_overrides[{target!r}] has keys {unknown}; a table can override "
                                      f"{', '.join(OVERRIDE_KEYS)}")
-            values = {k: _as_int(f"jpq_table_overrides[{target!r}][{k!r}]", v) for k, v in values.items()}
+            values = {k: _as_int(f"jpq_table_overrides[{target!r}][{k!r}]", v, allow_auto=k == "M")
+                      for k, v in values.items()}
             try:
                 replace(self, targets=targets, table_overrides={}, **values)
             except JPQConfigError as err:
@@ -171,12 +175,11 @@ class JPQConfig:
 
     def for_table(self, target: str) -> JPQConfig:
         """The settings of one target's tables: ``M`` and ``ksub`` from ``table_overrides`` where it has them."""
-        values = dict(dict(self.table_overrides).get(target, ()))
-        return replace(self, table_overrides={}, **values) if values else replace(self, table_overrides={})
+        return replace(self, table_overrides={}, **dict(dict(self.table_overrides).get(target, ())))
 
     def same_for(self, *targets: str) -> bool:
         """Whether these targets share ``M`` and ``ksub`` (tables holding several targets need it)."""
-        return len({(self.for_table(t).M, self.for_table(t).ksub) for t in targets}) == 1
+        return len({(c.M, c.ksub) for c in map(self.for_table, targets)}) == 1
 
     @property
     def id_targets(self) -> tuple[str, ...]:
@@ -227,17 +230,7 @@ class JPQConfig:
             return default if value is None else value
 
         def as_int(key: str, default: int) -> int:
-            value = get(key, default)
-            if key == "jpq_M" and isinstance(value, str) and value.strip().lower() == AUTO:
-                return AUTO
-            try:
-                if isinstance(value, str):
-                    value = int(value.strip())
-                elif isinstance(value, float) and value.is_integer():
-                    value = int(value)
-            except ValueError:
-                raise JPQConfigError(f"{key}={value!r} is not an integer") from None
-            return value
+            return _as_int(key, get(key, default), allow_auto=key == "jpq_M")
 
         dropout = get("jpq_split_dropout", cls.split_dropout)
         try:

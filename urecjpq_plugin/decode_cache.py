@@ -12,9 +12,9 @@ here, per module, under one size limit in bytes (:data:`CACHE_BYTES`):
 
 An entry is reused only while nothing it was built from can have changed:
 
-- the module's **generation** moves on at every optimizer step (torch.optim's global step hook: any
-  ``torch.optim.Optimizer``, also one that writes through ``.data``), at ``load_state_dict``, at
-  ``.to()``/``.cuda()``/``.half()``, and at :meth:`DecodeCache.invalidate`;
+- every optimizer step moves all caches on (torch.optim's global step hook: any
+  ``torch.optim.Optimizer``, also one that writes through ``.data``), and :meth:`DecodeCache.invalidate`
+  clears one (the module calls it at ``load_state_dict`` and ``.to()``/``.cuda()``/``.half()``);
 - the **stamp** (version counters, data pointers and dtype of the sub-embeddings, codes and row scale)
   moves on at any in-place write to them and when their storage is replaced (``param.data = x``).
 
@@ -67,7 +67,7 @@ def nbytes(value: Any) -> int:
 
 
 class DecodeCache:
-    """Derived values of one module, valid for one (generation, stamp); see the module docstring.
+    """Derived values of one module, valid for one (optimizer step count, stamp); see the module docstring.
 
     ``stamp_of``: a function of the owner returning the tuple that changes when its tensors do.
     """
@@ -77,24 +77,22 @@ class DecodeCache:
         self._owner = weakref.ref(owner)
         self._stamp_of = stamp_of
         self.limit_bytes = limit_bytes
-        self._generation = 0
-        self._key: tuple | None = None  # (optimizer steps, generation, stamp) the entries were built at
+        self._key: tuple | None = None  # (optimizer steps, stamp) the entries were built at; None: cleared
         self._entries: dict[str, tuple[Any, int | None]] = {}  # name -> (value, its version when kept)
         self._reads = 0  # reads without gradient since the key last moved
         self._lock = threading.Lock()
 
     def _current_key(self) -> tuple:
         owner = self._owner()
-        return (_optimizer_steps, self._generation, None if owner is None else self._stamp_of(owner))
+        return (_optimizer_steps, None if owner is None else self._stamp_of(owner))
 
-    def _sync(self) -> tuple:
-        """Drop every entry when the key moved; returns the current key. Call with the lock held."""
+    def _sync(self) -> None:
+        """Drop every entry when the key moved. Call with the lock held."""
         key = self._current_key()
         if key != self._key:
             self._entries.clear()
             self._reads = 0
             self._key = key
-        return key
 
     def peek(self, name: str) -> Any:
         """The entry ``name`` if still valid, else ``None``."""
@@ -138,10 +136,9 @@ class DecodeCache:
     def invalidate(self) -> None:
         """Forget every entry (the owner's tensors changed in a way the stamp cannot see)."""
         with self._lock:
-            self._generation += 1
             self._entries.clear()
             self._reads = 0
-            self._key = None
+            self._key = None  # no key matches: the next read starts afresh
 
     def __len__(self) -> int:
         with self._lock:

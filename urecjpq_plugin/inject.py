@@ -361,14 +361,14 @@ def build_jpq_tables(
     tables have passed the checks, so bad settings fail before any work or change. ``row_scales()``
     (called once, then) gives per-entity row scales (:func:`~urecjpq_plugin.assign.degree_scales`).
     """
+    settings = {entity: config.for_table(entity) for entity in dict.fromkeys(r.entity for r in refs)}
     for ref in refs:
-        table_config = config.for_table(ref.entity)
-        table_config.check_dim(ref.shape[1], table=ref.path)
-        table_config.check_rows(ref.shape[0], table=ref.path)
+        settings[ref.entity].check_dim(ref.shape[1], table=ref.path)
+        settings[ref.entity].check_rows(ref.shape[0], table=ref.path)
         check_embedding_options(model, ref)
-    codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for r in refs)}
+    codes = {entity: codes_for(entity) for entity in settings}
     for ref in refs:
-        M = config.for_table(ref.entity).M
+        M = settings[ref.entity].M
         if codes[ref.entity].shape != (ref.shape[0], M):
             raise JPQConfigError(
                 f"codes for {ref.entity} have shape {tuple(codes[ref.entity].shape)}; "
@@ -380,8 +380,7 @@ def build_jpq_tables(
         parent, leaf = _resolve(model, ref.path)
         table, padding_idx = _table_of(parent, leaf, ref.kind)
         new = JPQEmbedding.from_table(
-            table, codes[ref.entity].to(table.device), config.for_table(ref.entity).ksub, padding_idx,
-            config.split_dropout,
+            table, codes[ref.entity].to(table.device), settings[ref.entity].ksub, padding_idx, config.split_dropout,
         )
         new.set_row_scale(scales.get(ref.entity))
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
