@@ -37,6 +37,11 @@ def test_every_assignment_gives_distinct_deterministic_codes(how):
         assert distinct_code_fraction(a[entity]) == 1.0
 
 
+def test_auto_M_gives_each_split_at_most_four_dims():
+    # d=64 -> 16 splits of 4 (the ml-100k sweep); d=10 (RecBole's CTR models) -> 5 of 2, not 2 of 5
+    assert [auto_M(d) for d in (1, 4, 6, 10, 12, 64, 100)] == [1, 1, 2, 5, 3, 16, 25]
+
+
 def test_auto_takes_svd_pq_on_sparse_and_svd_on_dense_interactions(caplog):
     import logging
 

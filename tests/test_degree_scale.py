@@ -148,3 +148,9 @@ def test_hosts_apply_auto_only_to_dot_product_models():
         scales = row_scales_source(JPQConfig(), lambda: inter, model, DEGREE_SCALE_MODELS)()
         assert bool(scales) is scaled, type(model).__name__
     assert row_scales_source(JPQConfig(degree_scale=3), lambda: inter, NGCF(), DEGREE_SCALE_MODELS)()  # asked for
+    # MMRec's MGCN (a LightGCN view of the rows) gained with the scale on TikTok; its other models keep it off
+    from urecjpq_plugin.hosts.mmrec.hook import DEGREE_SCALE_MODELS as MMREC_MODELS
+
+    MGCN, FREEDOM = type("MGCN", (nn.Module,), {}), type("FREEDOM", (nn.Module,), {})
+    for model, scaled in ((MGCN(), True), (FREEDOM(), False), (LightGCN(), True)):
+        assert bool(row_scales_source(JPQConfig(), lambda: inter, model, MMREC_MODELS)()) is scaled

@@ -197,11 +197,11 @@ def test_tables_command_shows_compressed_and_kept_row_ranges(recbole_env, capsys
     assert rows[(table, "item_id")][:4] == ["944:2627", "10", "item_id", "item"]
     assert "compressed" in rows[(table, "item_id")] and rows[(table, "age")][-1] == "kept"
     assert rows[(FIRST_ORDER, "user_id")] == ["0:944", "1", "user_id", "-", "kept"]
-    # user+item rows: (944 + 1683) x (10 + 1) -> per entity 256 x 10 (M=2 concatenated) + the kept 1-d rows
+    # user+item rows: (944 + 1683) x (10 + 1) -> per entity 256 x 10 (M=5 splits of 2) + the kept 1-d rows
     assert out[-2] == "user/item rows: trainable parameters 28,897 -> 7,747 (26.81%)"
     before, after = (int(n.replace(",", "")) for n in out[-1].split("parameters ")[1].split(" (")[0].split(" -> "))
     _, model, *_ = build("FM", ctr_settings(recbole_env, jpq=True))
-    assert out[-1].startswith("M=2 ksub=256") and after == count_trainable(model) and before - after == 28897 - 7747
+    assert out[-1].startswith("M=5 ksub=256") and after == count_trainable(model) and before - after == 28897 - 7747
 
 
 def test_a_model_without_the_id_fields_refuses_in_one_line(recbole_env):

@@ -87,10 +87,10 @@ def test_recbole_general_and_context_models_take_per_table_settings(recbole_env)
     _, model, *_ = build("BPR", overrides)
     assert (model.user_embedding.M, model.user_embedding.ksub) == (16, 64)
     assert (model.item_embedding.M, model.item_embedding.ksub) == (8, 128)
-    # FM's token table is 10 wide: jpq_M auto gives 2 splits; the item rows take 5 of 2 dims each
-    overrides["jpq_table_overrides"] = {"item": {"ksub": 128, "M": 5}}
+    # FM's token table is 10 wide: jpq_M auto gives 5 splits of 2 dims; the item rows take 2 of 5 dims each
+    overrides["jpq_table_overrides"] = {"item": {"ksub": 128, "M": 2}}
     _, model, *_ = build("FM", {**overrides, "epochs": 1, "eval_batch_size": 4096})
     table = model.token_embedding_table.embedding
     assert isinstance(table, RowRangeEmbedding)
     settings = {r.entity: (part.M, part.ksub) for r, part in zip(table.ranges, table.parts)}
-    assert settings == {"user": (2, 64), "item": (5, 128)}
+    assert settings == {"user": (5, 64), "item": (2, 128)}

@@ -112,6 +112,8 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
     rows = {path: m.num_embeddings for path, m in jpq_modules(net).items()}
     return {
         "distinct_codes": _by_entity(distinct_codes(net), rows, counts),
+        # what jpq_M / jpq_ksub "auto" resolved to, per compressed table
+        "jpq_tables": {path: {"M": m.M, "ksub": m.ksub} for path, m in jpq_modules(net).items()},
         "metrics": {k: float(v) for k, v in test_result.items()},
         "valid_metrics": {k: float(v) for k, v in valid_result.items()},
         "valid_metric": config["valid_metric"],
