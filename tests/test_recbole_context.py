@@ -252,8 +252,8 @@ def test_first_order_rows_can_be_summed_splits(recbole_env, monkeypatch):
     assert set(tables) == set(expected_tables(model, "summed"))
     first_order = tables[FIRST_ORDER]
     assert [(r.field, r.start, r.stop) for r in first_order.ranges] == [("user_id", 0, 944), ("item_id", 944, 2627)]
-    assert [tuple(p.sub_embeddings.shape) for p in first_order.parts] == [(2, 256, 1), (2, 256, 1)]
-    assert recbole_context.id_row_params(model, config) == 6144 and count_trainable(model) == 30889 - 28897 + 6144
+    assert [tuple(p.sub_embeddings.shape) for p in first_order.parts] == [(5, 256, 1), (5, 256, 1)]  # M=auto=5
+    assert recbole_context.id_row_params(model, config) == 7680 and count_trainable(model) == 30889 - 28897 + 7680
     ids = torch.arange(first_order.num_embeddings)
     model.eval()  # no split dropout
     expected = first_order.parts[0].weight.sum(1, keepdim=True)  # w(i) = sum over splits
