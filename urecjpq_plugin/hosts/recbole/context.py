@@ -6,7 +6,8 @@ These models hold every token field in one ``nn.Embedding(sum(field_dims), d)`` 
 read one table whose user fields come first; FFM adds one field-aware table per field
 (``ffm.token_embeddings``). With ``jpq: true`` each such table becomes a
 :class:`~urecjpq_plugin.row_ranges.RowRangeEmbedding`: the rows of the ``USER_ID_FIELD`` and
-``ITEM_ID_FIELD`` fields are JPQ-compressed with the same user/item codes the general models get,
+``ITEM_ID_FIELD`` fields are JPQ-compressed with user/item codes made the general models' way (``jpq_code_assign: auto``
+means ``svd_pq`` here, measured better for all six CTR models benchmarked),
 every other field's rows are kept as ordinary learned rows. The models' code is untouched.
 
 First-order (1-d) rows of users and items (``first_order_linear``) are kept as learned rows by
@@ -19,15 +20,19 @@ parameters on ml-100k (M=2, ksub=256) but cost 0.5-1 AUC point more: RecBole's C
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from urecjpq_plugin.config import JPQConfig
+from urecjpq_plugin.config import AUTO, JPQConfig
 from urecjpq_plugin.inject import JPQTargetError, SwapRecord, count_trainable
 from urecjpq_plugin.row_ranges import RowRange, RowRangeEmbedding, compressed_params, sums_splits
 from urecjpq_plugin.hosts.base import codes_source, log_swaps
+
+logger = logging.getLogger("urecjpq_plugin")
 
 # "kept": first-order user/item rows stay learned rows; "summed": compressed as per-split scalars that
 # add up (M * ksub per entity). See the module docstring for the measurement.
@@ -145,6 +150,9 @@ def compress_context_model(model: nn.Module, config: Any, dataset: Any, jcfg: JP
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     plan = plan_ranges(model, config, counts, jcfg.id_targets)
     jcfg = resolved_config(jcfg, plan, model)
+    if jcfg.code_assign == AUTO:  # svd_pq beat svd on all six CTR models measured (docs/benchmarks.md)
+        logger.info("urecjpq: jpq_code_assign=auto -> svd_pq (context-aware model)")
+        jcfg = dataclasses.replace(jcfg, code_assign="svd_pq")
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset))
     codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for _, rs in plan for r in rs)}
     scales = dict(row_scales()) if row_scales is not None else {}
