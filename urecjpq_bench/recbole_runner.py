@@ -31,15 +31,11 @@ def id_table_params(model: nn.Module, counts: dict) -> int:
     return total
 
 
-def distinct_codes(model: nn.Module) -> dict[str, float]:
-    """Per compressed table: the fraction of IDs whose whole code no other ID shares."""
+def distinct_codes(modules: dict[str, nn.Module]) -> dict[str, float]:
+    """Per compressed table (``jpq_modules(model)``): the fraction of IDs whose whole code no other ID shares."""
     import torch
 
-    out = {}
-    for path, module in jpq_modules(model).items():
-        codes = module.codes
-        out[path] = torch.unique(codes.long(), dim=0).shape[0] / max(codes.shape[0], 1)
-    return out
+    return {path: torch.unique(m.codes.long(), dim=0).shape[0] / max(m.codes.shape[0], 1) for path, m in modules.items()}
 
 
 def _by_entity(fractions: dict[str, float], refs_rows: dict[str, int], counts: dict) -> dict[str, float]:
@@ -109,11 +105,12 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
 
     # context-aware models keep user/item rows inside shared token tables (all fields in one table)
     id_params = id_row_params(net, config) if is_context_model(net) else id_table_params(net, counts)
-    rows = {path: m.num_embeddings for path, m in jpq_modules(net).items()}
+    modules = jpq_modules(net)
+    rows = {path: m.num_embeddings for path, m in modules.items()}
     return {
-        "distinct_codes": _by_entity(distinct_codes(net), rows, counts),
+        "distinct_codes": _by_entity(distinct_codes(modules), rows, counts),
         # what jpq_M / jpq_ksub "auto" resolved to, per compressed table
-        "jpq_tables": {path: {"M": m.M, "ksub": m.ksub} for path, m in jpq_modules(net).items()},
+        "jpq_tables": {path: {"M": m.M, "ksub": m.ksub} for path, m in modules.items()},
         "metrics": {k: float(v) for k, v in test_result.items()},
         "valid_metrics": {k: float(v) for k, v in valid_result.items()},
         "valid_metric": config["valid_metric"],

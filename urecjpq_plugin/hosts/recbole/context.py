@@ -20,9 +20,8 @@ parameters on ml-100k (M=2, ksub=256) but cost 0.5-1 AUC point more: RecBole's C
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
@@ -152,7 +151,7 @@ def compress_context_model(model: nn.Module, config: Any, dataset: Any, jcfg: JP
     jcfg = resolved_config(jcfg, plan, model)
     if jcfg.code_assign == AUTO:  # svd_pq beat svd on all six CTR models measured (docs/benchmarks.md)
         logger.info("urecjpq: jpq_code_assign=auto -> svd_pq (context-aware model)")
-        jcfg = dataclasses.replace(jcfg, code_assign="svd_pq")
+        jcfg = replace(jcfg, code_assign="svd_pq")
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset))
     codes = {entity: codes_for(entity) for entity in dict.fromkeys(r.entity for _, rs in plan for r in rs)}
     scales = dict(row_scales()) if row_scales is not None else {}
