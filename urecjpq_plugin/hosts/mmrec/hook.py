@@ -281,8 +281,9 @@ def load_data(config: Any) -> tuple:
 def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: str) -> dict:
     """Train one model with MMRec's ``quick_start`` (plugin active) and return the benchmark record.
 
-    Returns ``{"test_result", "trainable_params", "id_table_params", "feature_params",
-    "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}`` for one point of MMRec's grid, the first value
+    Returns ``{"test_result", "trainable_params", "id_table_params", "feature_params", "jpq_tables",
+    "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}`` (``jpq_tables``: ``{path: {"M", "ksub"}}`` of the
+    compressed tables) for one point of MMRec's grid, the first value
     of each list (:func:`~.runner.first_grid_point`; ``overrides`` may set others); the checkpoint goes
     to ``out_dir``. Runs in-process (changes the working
     directory to ``mmrec_src``); the benchmark calls it in a subprocess.
@@ -305,6 +306,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
         "trainable_params": best["trainable_params"],
         "id_table_params": best["id_table_params"],
         "feature_params": best["feature_params"],
+        "jpq_tables": best["jpq_tables"],
         "checkpoint_bytes": saved[-1]["checkpoint_bytes"] if saved else 0,
         "epochs_run": best["epochs_run"],
         "seconds_per_epoch": best["seconds_per_epoch"],
