@@ -255,6 +255,23 @@ def test_context_aware_runs_report_auc_and_logloss(tmp_path):
         check_result({**records[0], "metrics": {"auc": 0.7}})  # neither evaluation complete
 
 
+def test_cpu_seconds_columns_appear_with_records_that_carry_them():
+    """MMRec records carry CPU seconds per epoch / evaluation: the table shows them with their change; records
+    without them (RecBole's) keep the table as it was."""
+    def rec(jpq, cpu):
+        out = {"run_id": f"BPR-{jpq}", "status": "ok", "spec": {"model": "BPR", "dataset": "tiktok"},
+               "jpq": {"M": 16, "ksub": 256, "code_assign": "auto", "targets": ["user", "item"]} if jpq else None,
+               "metrics": {m: 0.1 for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")},
+               "params": {"id_tables": 10 if jpq else 100, "features": 0, "total": 100}, "checkpoint_bytes": 10,
+               "epochs": 3, "seconds_per_epoch": 9.0}
+        return {**out, "cpu_seconds_per_epoch": cpu, "cpu_seconds_per_eval": cpu / 2} if cpu else out
+
+    md = report.markdown(report.build_rows([rec(False, 2.0), rec(True, 2.2)]))
+    assert "| s/epoch | CPU s/epoch | CPU s/eval | epochs |" in md
+    assert "| 9.00 (+0.0%) | 2.20 (+10.0%) | 1.10 (+10.0%) | 3.0 |" in md
+    assert "CPU s/epoch" not in report.markdown(report.build_rows([rec(False, None), rec(True, None)]))
+
+
 def test_scale_bench_tiny_and_memory_guard(tmp_path):
     out = tmp_path / "scale"
     rc = scale.main(["--sizes", "300", "--max-steps", "3", "--eval-users", "20", "--batch", "64", "--out", str(out)])

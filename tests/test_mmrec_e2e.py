@@ -111,7 +111,9 @@ def test_run_one_contract(data_path, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
     assert set(result) == {"test_result", "trainable_params", "id_table_params", "feature_params", "jpq_tables",
-                           "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}
+                           "checkpoint_bytes", "epochs_run", "seconds_per_epoch", "cpu_seconds_per_epoch",
+                           "cpu_seconds_per_eval"}
+    assert result["cpu_seconds_per_epoch"] > 0 and result["cpu_seconds_per_eval"] > 0
     assert result["jpq_tables"] and all(t == {"M": 16, "ksub": 256} for t in result["jpq_tables"].values())
     assert result["epochs_run"] == 1 and result["checkpoint_bytes"] == (tmp_path / "VBPR-ml-100k-jpq.pth").stat().st_size
     assert 0 < result["id_table_params"] < result["trainable_params"]

@@ -29,6 +29,8 @@ MEASURES = (
     "state_dict_bytes",
     "peak_rss_bytes",
     "seconds_per_epoch",
+    "cpu_seconds_per_epoch",
+    "cpu_seconds_per_eval",
     "epochs",
 )
 SETTING_COLUMNS = ("jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets")
@@ -54,7 +56,8 @@ def flatten(record: dict) -> dict:
         row[m] = metrics.get(m, "")
     for k in ("id_tables", "features", "total"):
         row[f"params_{k}"] = params.get(k, "")
-    for k in ("checkpoint_bytes", "state_dict_bytes", "peak_rss_bytes", "seconds_per_epoch", "epochs", "wall_seconds"):
+    for k in ("checkpoint_bytes", "state_dict_bytes", "peak_rss_bytes", "seconds_per_epoch", "cpu_seconds_per_epoch",
+              "cpu_seconds_per_eval", "epochs", "wall_seconds"):
         row[k] = record.get(k, "")
     distinct = record.get("distinct_codes") or {}
     row["distinct_codes_user"] = distinct.get("user", "")
@@ -146,9 +149,12 @@ def markdown(rows: list[dict], title: str = "") -> str:
     """Main table (mean +- std over seeds, change of the means vs uncompressed in brackets) plus the
     mean change per setting. Metric columns follow the runs: recall/NDCG, AUC/LogLoss, or both."""
     metric_columns = [m for e in evaluations(rows) for m in COLUMNS[e]]
+    # CPU seconds (MMRec runs record them): comparable even where runs shared the cores, unlike s/epoch
+    cpu = any(r.get("cpu_seconds_per_epoch") not in ("", None) for r in rows)
     head = [
         "model", "setting", "seeds", *(LABELS.get(m, m) for m in metric_columns), "ID-table params", "total params",
-        "checkpoint", "peak RSS", "s/epoch", "epochs", "distinct codes (user/item)",
+        "checkpoint", "peak RSS", "s/epoch", *(("CPU s/epoch", "CPU s/eval") if cpu else ()), "epochs",
+        "distinct codes (user/item)",
     ]
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in aggregate(rows):
@@ -166,7 +172,10 @@ def markdown(rows: list[dict], title: str = "") -> str:
             *(cell(m, _num) for m in metric_columns),
             cell("params_id_tables", lambda v: f"{v:,.0f}"), cell("params_total", lambda v: f"{v:,.0f}"),
             cell("checkpoint_bytes", _size), cell("peak_rss_bytes", _size),
-            cell("seconds_per_epoch", lambda v: _num(v, 2)), _num(r["epochs"], 1), distinct or "-",
+            cell("seconds_per_epoch", lambda v: _num(v, 2)),
+            *((cell("cpu_seconds_per_epoch", lambda v: _num(v, 2)), cell("cpu_seconds_per_eval", lambda v: _num(v, 2)))
+              if cpu else ()),
+            _num(r["epochs"], 1), distinct or "-",
         ]) + " |")
     for evaluation in evaluations(rows):
         summary = mean_changes(rows, evaluation)

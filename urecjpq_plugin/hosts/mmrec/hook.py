@@ -282,8 +282,9 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     """Train one model with MMRec's ``quick_start`` (plugin active) and return the benchmark record.
 
     Returns ``{"test_result", "trainable_params", "id_table_params", "feature_params", "jpq_tables",
-    "checkpoint_bytes", "epochs_run", "seconds_per_epoch"}`` (``jpq_tables``: ``{path: {"M", "ksub"}}`` of the
-    compressed tables) for one point of MMRec's grid, the first value
+    "checkpoint_bytes", "epochs_run", "seconds_per_epoch", "cpu_seconds_per_epoch", "cpu_seconds_per_eval"}``
+    (``jpq_tables``: ``{path: {"M", "ksub"}}`` of the compressed tables; ``cpu_*``: median CPU seconds of this
+    process per training epoch and per evaluation, valid or test) for one point of MMRec's grid, the first value
     of each list (:func:`~.runner.first_grid_point`; ``overrides`` may set others); the checkpoint goes
     to ``out_dir``. Runs in-process (changes the working
     directory to ``mmrec_src``); the benchmark calls it in a subprocess.
@@ -310,4 +311,6 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
         "checkpoint_bytes": saved[-1]["checkpoint_bytes"] if saved else 0,
         "epochs_run": best["epochs_run"],
         "seconds_per_epoch": best["seconds_per_epoch"],
+        "cpu_seconds_per_epoch": best["cpu_seconds_per_epoch"],
+        "cpu_seconds_per_eval": best["cpu_seconds_per_eval"],
     }

@@ -61,6 +61,10 @@ def checkpoint_path(config: Any) -> str:
     return os.path.join(folder, f"{config['model']}-{config['dataset']}-{checkpoint_tag(config)}.pth")
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else 0.0
+
+
 def _plain(value: Any) -> Any:
     """Config values as plain Python (checkpoints load with ``weights_only=True``)."""
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -98,13 +102,23 @@ def _wrap_trainer(cls: type) -> type:
     def __init__(self: Any, config: Any, model: nn.Module, mg: bool = False) -> None:
         self._urecjpq_best = None
         self._urecjpq_epoch_seconds = []
+        # CPU seconds of this process too: unlike wall-clock they do not grow when other jobs share the cores
+        self._urecjpq_epoch_cpu_seconds = []
+        self._urecjpq_eval_cpu_seconds = []
         cls.__init__(self, config, model, mg)
         self._urecjpq_ready = True
 
     def _train_epoch(self: Any, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = cls._train_epoch(self, *args, **kwargs)
         self._urecjpq_epoch_seconds.append(time.perf_counter() - start)
+        self._urecjpq_epoch_cpu_seconds.append(time.process_time() - cpu)
+        return out
+
+    def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        cpu = time.process_time()
+        out = cls.evaluate(self, *args, **kwargs)
+        self._urecjpq_eval_cpu_seconds.append(time.process_time() - cpu)
         return out
 
     def fit(self: Any, train_data: Any, valid_data: Any = None, test_data: Any = None, saved: bool = False, verbose: bool = True):
@@ -112,7 +126,7 @@ def _wrap_trainer(cls: type) -> type:
         _record_run(self, out, saved)
         return out
 
-    return subclass_with(cls, __init__=__init__, _train_epoch=_train_epoch, fit=fit,
+    return subclass_with(cls, __init__=__init__, _train_epoch=_train_epoch, evaluate=evaluate, fit=fit,
                          best_valid_result=property(get_best, set_best))
 
 
@@ -136,6 +150,9 @@ def _record_run(trainer: Any, fit_result: Any, saved: bool) -> None:
         "jpq_tables": {path: {"M": m.M, "ksub": m.ksub} for path, m in jpq_modules(model).items()},
         "epochs_run": len(seconds),
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0,
+        # medians: robust to the odd epoch that waited for the cores
+        "cpu_seconds_per_epoch": _median(trainer._urecjpq_epoch_cpu_seconds),
+        "cpu_seconds_per_eval": _median(trainer._urecjpq_eval_cpu_seconds),
         "checkpoint": None,
         "checkpoint_bytes": 0,
     }
