@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from urecjpq_plugin.inject import JPQTargetError, count_trainable, find_id_tables, jpq_modules
+from urecjpq_plugin.inject import JPQTargetError, count_trainable, find_id_tables, jpq_modules, table_settings
 
 BENCH_DEFAULTS = {"show_progress": False, "topk": [10, 20]}
 
@@ -110,7 +110,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
     return {
         "distinct_codes": _by_entity(distinct_codes(modules), rows, counts),
         # what jpq_M / jpq_ksub "auto" resolved to, per compressed table
-        "jpq_tables": {path: {"M": m.M, "ksub": m.ksub} for path, m in modules.items()},
+        "jpq_tables": table_settings(modules),
         "metrics": {k: float(v) for k, v in test_result.items()},
         "valid_metrics": {k: float(v) for k, v in valid_result.items()},
         "valid_metric": config["valid_metric"],

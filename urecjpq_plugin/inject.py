@@ -401,6 +401,11 @@ def jpq_modules(model: nn.Module) -> dict[str, JPQEmbedding]:
     return {name: m for name, m in model.named_modules() if isinstance(m, JPQEmbedding)}
 
 
+def table_settings(modules: Mapping[str, JPQEmbedding]) -> dict[str, dict[str, int]]:
+    """``{path: {"M", "ksub"}}`` of compressed tables (``jpq_modules(model)``): what ``auto`` resolved to."""
+    return {path: {"M": m.M, "ksub": m.ksub} for path, m in modules.items()}
+
+
 def format_records(records: list[SwapRecord]) -> str:
     before = sum(r.params_before for r in records)
     after = sum(r.params_after for r in records)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
-from urecjpq_plugin.inject import count_trainable, jpq_modules, subclass_with
+from urecjpq_plugin.inject import count_trainable, jpq_modules, subclass_with, table_settings
 from urecjpq_plugin.hosts.mmrec.args import yaml_number
 from urecjpq_plugin.hosts.mmrec.tables import table_parameters
 
@@ -147,7 +147,7 @@ def _record_run(trainer: Any, fit_result: Any, saved: bool) -> None:
         "trainable_params": count_trainable(model),
         "id_table_params": id_params,
         "feature_params": feature_params,
-        "jpq_tables": {path: {"M": m.M, "ksub": m.ksub} for path, m in jpq_modules(model).items()},
+        "jpq_tables": table_settings(jpq_modules(model)),
         "epochs_run": len(seconds),
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0,
         # medians: robust to the odd epoch that waited for the cores
