@@ -77,6 +77,8 @@ def _distributed_trainer_class(cls: type) -> type:
     """Every rank tests rank 0's checkpoint, after rank 0 has written it."""
 
     def __init__(self: Any, config: Any, model: Any) -> None:
+        # RecBole's ensure_dir checks, then creates: two ranks racing there raise FileExistsError
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         cls.__init__(self, config, model)
         if not config["single_spec"] and hasattr(self, "saved_model_file"):
             name = [self.saved_model_file]
