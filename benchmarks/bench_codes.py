@@ -3,7 +3,7 @@
     python benchmarks/bench_codes.py [--sizes 1e6,1e7] [--code-assign auto] [--M 16] [--ksub 256] [--threads 1]
 
 ``--code-assign`` (default: the plugin's default, ``auto``) goes through ``assign_codes`` as a host
-would, with tables of width ``--dim`` (64); ``auto`` takes ``svd_pq`` on this sparse data, whose
+would, with tables of width ``--dim`` (64); ``auto`` takes ``svd_pq_cos`` on this sparse data, whose
 rank is capped by its SVD memory budget (at 10^7 + 10^7 IDs that leaves RecJPQ's ``svd``).
 
 Per size (users = items, bench-scale's generator and interactions per user), one process each

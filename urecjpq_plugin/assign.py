@@ -1,7 +1,8 @@
 """One entry point for code assignment, shared by ``apply_jpq`` and both hosts.
 
 A host supplies only what it has (the training matrix, item features); the choice between
-``auto``, ``svd_pq``, ``svd``, ``random``, ``features`` and ``features_svd`` is made here, once.
+``auto``, ``svd_pq_cos``, ``svd_pq``, ``svd_pq_norm``, ``svd``, ``random``, ``features`` and
+``features_svd`` is made here, once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from urecjpq_plugin.config import AUTO, DSUB_AUTO, JPQConfig, JPQConfigError
 
 logger = logging.getLogger("urecjpq_plugin")
 
-# jpq_code_assign: auto takes svd_pq below this many training interactions per ID (users and items
+# jpq_code_assign: auto takes svd_pq_cos (svd_pq until its directions were measured better, see
+# resolve_auto) below this many training interactions per ID (users and items
 # together: 2 nnz / (users + items)), svd from it on. Measured on both sides of it with BPR (RecBole,
 # 3 seeds, recall@20 vs uncompressed): Amazon Baby 5-core (8.9 per ID) svd_pq -11 %, svd -19 %;
 # ml-100k (61 per ID; harness) svd -3 %, svd_pq -14 %. The Amazon 5-core catalogues MMRec uses and
@@ -42,12 +44,14 @@ def interactions_per_id(interactions: Any) -> float:
 
 
 def resolve_auto(interactions: Any) -> str:
-    """``svd_pq`` for a sparse training matrix (few interactions per ID), else ``svd``.
+    """``svd_pq_cos`` for a sparse training matrix (few interactions per ID), else ``svd``.
 
-    ``svd_pq_norm`` is not chosen: for LightGCN it gained on Amazon Baby (RecBole, 3 seeds: -16.3 % ->
-    -10.4 % recall@20) and lost on TikTok (MMRec, 3 seeds: -13.8 % -> -23.4 %); see docs/benchmarks.md.
+    ``svd_pq_cos`` (k-means of the factors' directions) over ``svd_pq`` (of the raw factors), plain-PyTorch
+    harness, 3 seeds, recall@20 vs uncompressed: BPR on Amazon Baby -3.1 % -> +1.6 %, on TikTok -15.3 % ->
+    +0.8 %; LightGCN on Baby -18.7 % -> -8.9 % (see docs/benchmarks.md). ``svd_pq_norm`` is not chosen:
+    for LightGCN it gained on Baby and lost on TikTok (MMRec, 3 seeds: -13.8 % -> -23.4 %).
     """
-    return "svd_pq" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"
+    return "svd_pq_cos" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"
 
 
 def resolve_degree_scale(config: JPQConfig, interactions: Any, dot_product_model: bool = True) -> float:
@@ -99,7 +103,7 @@ def assign_codes(
 
     ``interactions``: scipy users x items *training* matrix (needed by every method but ``random``);
     ``counts``: rows per entity when there is no matrix; ``item_features``: arrays ``[n_items, *]``
-    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` take the tables' width (``config.dim``, set by
+    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` / ``svd_pq_cos`` take the tables' width (``config.dim``, set by
     :meth:`JPQConfig.for_dims`; else ``4 * M``) as its SVD rank. Logs each table's distinct-code fraction.
     """
     if config.table_overrides:  # per-table M / ksub: each side's codes at its own settings
@@ -129,12 +133,12 @@ def assign_codes(
     if how == AUTO:
         how = resolve_auto(inter)
         logger.info(f"urecjpq: jpq_code_assign=auto -> {how} ({interactions_per_id(inter):.1f} "
-                    f"training interactions per ID; svd_pq below {SPARSE_DEGREE:g})")
+                    f"training interactions per ID; svd_pq_cos below {SPARSE_DEGREE:g})")
     if how == "svd":
         user, item = svd_codes(inter, M, ksub, seed)
-    elif how in ("svd_pq", "svd_pq_norm"):
+    elif how in ("svd_pq", "svd_pq_norm", "svd_pq_cos"):
         user, item = svd_pq_codes(inter, M, ksub, seed, rank=config.dim or M * DSUB_AUTO,
-                                  normalise=how == "svd_pq_norm")
+                                  normalise=how == "svd_pq_norm", unit_rows=how == "svd_pq_cos")
     elif item_features is None:
         raise JPQConfigError(f"jpq_code_assign={how!r} needs multimodal item features, which {host} does not "
                              "have; use svd or random")

@@ -3,6 +3,8 @@ sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__im
 from urecjpq_plugin.codes import svd_codes, kmeans_codes, random_codes
 from urecjpq_plugin.rsvd import randomized_svd
 
+UNIT = None
+
 def make(kind, train, M, ksub, seed, d):
     if kind == "svd":
         return svd_codes(train, M, ksub, seed)
@@ -16,8 +18,24 @@ def _pq(vectors, M, ksub, seed):
     c = c.numpy().copy(); make_distinct(c, ksub, seed)
     return torch.from_numpy(c), cent
 
+def _unit(v, M, per_split):
+    """Rows (or, per_split, each split's sub-vector) scaled to unit norm: codes from directions only."""
+    v = np.asarray(v, dtype=np.float32)
+    if per_split:
+        w = v.reshape(len(v), M, -1)
+        return (w / np.maximum(np.linalg.norm(w, axis=2, keepdims=True), 1e-12)).reshape(len(v), -1)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
 def make2(kind, train, M, ksub, seed, d):
     global CENTROIDS
+    if kind[0] in "uv" and "svd" in kind:  # u<kind>: unit rows before PQ; v<kind>: unit sub-vectors per split
+        per_split = kind[0] == "v"
+        global UNIT
+        UNIT = (M, per_split)
+        try:
+            return make2(kind[1:], train, M, ksub, seed, d)
+        finally:
+            UNIT = None
     if kind.endswith("_deg"):  # last split = degree bin
         uc, ic = make2(kind[:-4], train, M, ksub, seed, d)
         from urecjpq_plugin.codes import quantile_bin
@@ -55,8 +73,8 @@ def make2(kind, train, M, ksub, seed, d):
             X = X.tocsr().astype(np.float32)
         U, s, Vt = randomized_svd(X, k, seed, n_iter=n_iter)
         uv, iv = U * np.sqrt(s), Vt.T * np.sqrt(s)
-        if k != d:  # pad/ project to d? use k==d normally
-            pass
+        if UNIT:
+            uv, iv = _unit(uv, *UNIT), _unit(iv, *UNIT)
         (uc, ucent), (ic, icent) = _pq(uv, M, ksub, seed), _pq(iv, M, ksub, seed + 1)
         CENTROIDS = (ucent, icent)
         return uc, ic

@@ -29,11 +29,14 @@ __all__ = ["JPQCheckpointError", "activate", "check_state_matches", "compress_mo
            "deactivate", "is_active", "load_data_and_model", "run"]
 
 _WRAPPED: dict[type, type] = {}
-# Models whose score is a dot product of the ID rows or of a linear propagation of them: where
-# jpq_degree_scale: auto applies (measured on Amazon Baby, 3 seeds: BPR -10.7 % -> -5.5 %, LightGCN
-# -18.3 % -> -16.3 %). NGCF, whose layers transform the rows, lost -6.6 % -> -37.6 % with it (seed 2020);
-# other models are unmeasured and keep the rows unscaled unless jpq_degree_scale is set.
-DEGREE_SCALE_MODELS = ("BPR", "LightGCN")
+# Models whose score is a dot product of the ID rows: where jpq_degree_scale: auto applies (measured on
+# Amazon Baby, 3 seeds: BPR -10.7 % -> -5.5 % with svd_pq codes). Not LightGCN: with RecBole's settings
+# (2 layers, reg 1e-5; plain-PyTorch harness) the scale gained on Baby (svd_pq_cos codes, seed 2020:
+# -11.3 % -> -8.9 %) but held it at its popularity ranking on TikTok (-7.4 % -> -32.6 %; the same with
+# svd_pq and its per-split variant codes): small rows for rarely seen IDs skew what propagation averages.
+# NGCF, whose layers transform the rows, lost -6.6 % -> -37.6 % with it (seed 2020); other models are
+# unmeasured and keep the rows unscaled unless jpq_degree_scale is set.
+DEGREE_SCALE_MODELS = ("BPR",)
 _PATCHES = Patches()
 # RecBole modules that call torch.load on its own pickled checkpoints (config objects inside).
 _TORCH_LOAD_MODULES = ("recbole.trainer.trainer",)
