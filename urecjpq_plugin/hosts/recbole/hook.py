@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import replace
 import types
 from logging import getLogger
 from typing import Any, Callable
@@ -18,12 +19,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from urecjpq_plugin.apply import JPQCheckpointError, building_for_load
-from urecjpq_plugin.assign import assign_codes
-from urecjpq_plugin.config import JPQConfig, JPQConfigError
+from urecjpq_plugin.apply import JPQCheckpointError, building_for_load, is_building_for_load
+from urecjpq_plugin.assign import assign_codes, resolve_auto
+from urecjpq_plugin.config import AUTO, JPQConfig, JPQConfigError
 from urecjpq_plugin.inject import count_trainable, inject_jpq, jpq_modules
-from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, row_scales_source,
-                   wrap_model_class)
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, find_tables, hooked_get_model, log_swaps, model_is,
+                   row_scales_source, wrap_model_class)
 
 __all__ = ["JPQCheckpointError", "activate", "check_state_matches", "compress_model", "compute_codes",
            "deactivate", "is_active", "load_data_and_model", "run"]
@@ -37,6 +38,10 @@ _WRAPPED: dict[type, type] = {}
 # NGCF, whose layers transform the rows, lost -6.6 % -> -37.6 % with it (seed 2020); other models are
 # unmeasured and keep the rows unscaled unless jpq_degree_scale is set.
 DEGREE_SCALE_MODELS = ("BPR",)
+# jpq_code_assign: auto gives these models svd_pq where it would give svd_pq_cos (sparse data): NGCF, whose
+# layers transform the rows, lost far more with codes from directions on Amazon Baby (seed 2020, recall@20
+# vs uncompressed: svd_pq -6.6 %, svd_pq_cos -45.4 %), while BPR and LightGCN gained (docs/benchmarks.md).
+RAW_FACTOR_CODE_MODELS = ("NGCF",)
 _PATCHES = Patches()
 # RecBole modules that call torch.load on its own pickled checkpoints (config objects inside).
 _TORCH_LOAD_MODULES = ("recbole.trainer.trainer",)
@@ -101,6 +106,17 @@ def compute_codes(config: JPQConfig, dataset: Any, interactions: Callable[[], An
     return assign_codes(config, inter, counts, host="the RecBole host")
 
 
+def auto_codes_for_model(jcfg: JPQConfig, model: nn.Module, interactions: Callable[[], Any]) -> JPQConfig:
+    """``jpq_code_assign: auto`` resolved here for :data:`RAW_FACTOR_CODE_MODELS` (``svd_pq`` instead of
+    ``svd_pq_cos``); every other model, and any explicit assignment, is left to :func:`assign_codes`."""
+    if jcfg.code_assign != AUTO or not model_is(model, RAW_FACTOR_CODE_MODELS) or is_building_for_load():
+        return jcfg
+    if resolve_auto(interactions()) != "svd_pq_cos":
+        return jcfg
+    getLogger().info(f"urecjpq: jpq_code_assign=auto -> svd_pq ({type(model).__name__}: codes from raw SVD factors)")
+    return replace(jcfg, code_assign="svd_pq")
+
+
 def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
     """Swap ``model``'s user/item tables for JPQ tables; all checks run before any change."""
     jcfg = JPQConfig.from_mapping(config)
@@ -119,6 +135,7 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     refs, _ = find_tables(model, counts, jcfg.id_targets, config)
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
+    jcfg = auto_codes_for_model(jcfg, model, training_matrix)
     before = count_trainable(model)
     records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: codes(jcfg, dataset)), jcfg, scales)
     from urecjpq_plugin.hosts.recbole.topk import install_pq_full_sort
