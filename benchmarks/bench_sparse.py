@@ -1,15 +1,16 @@
 """Learning curves and code diagnostics of BPR, uncompressed against compressed, on a pre-split dataset.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_sparse.py --data ../shared/datasets/baby/baby.inter \
-        [--variants svd@0:0,auto:0,auto] [--seeds 2020,2021,2022] [--out docs/results/baby-curves]
+        [--variants svd@0:0,svd_pq:0,svd_pq,auto] [--seeds 2020,2021,2022] [--out docs/results/baby-curves]
 
 Plain PyTorch BPR with RecBole's training defaults (xavier-normal tables, Adam lr 0.001, batch 2048,
 one uniform negative per positive, full-sort validation recall@20 after every epoch, early stopping
 after 10 epochs without gain, test on the best epoch), so that every epoch's curve is at hand. The
 compressed variants go through the plugin's public API (``apply_jpq`` with the training matrix);
 a variant is a ``jpq_code_assign`` value, optionally ``@`` a ``jpq_split_dropout`` and ``:`` a
-``jpq_degree_scale`` (``svd@0:0``: the defaults before sparse catalogues were measured; ``auto:0``:
-svd_pq codes and split dropout without the degree scale; ``auto``: today's defaults).
+``jpq_degree_scale`` (``svd@0:0``: the defaults before sparse catalogues were measured; ``svd_pq:0``:
+svd_pq codes and split dropout without the degree scale; ``svd_pq``: the same with the degree scale, the
+defaults until codes from directions; ``auto``: today's defaults, svd_pq_cos codes on sparse data).
 Per variant and seed it records, per epoch: train loss, valid recall@20 and NDCG@20, the share of
 the 100 most popular items in the top-20 lists, and catalogue coverage of the top-20 lists. Then:
 
@@ -197,7 +198,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="MMRec-format <name>.inter (x_label 0/1/2)")
-    p.add_argument("--variants", default="svd@0:0,auto:0,auto",
+    p.add_argument("--variants", default="svd@0:0,svd_pq:0,svd_pq,auto",
                    help="compressed variants: jpq_code_assign[@jpq_split_dropout][:jpq_degree_scale], comma-separated")
     p.add_argument("--seeds", default="2020,2021,2022")
     p.add_argument("--epochs", type=int, default=300)
