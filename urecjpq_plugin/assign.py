@@ -47,8 +47,8 @@ def resolve_auto(interactions: Any) -> str:
     """``svd_pq_cos`` for a sparse training matrix (few interactions per ID), else ``svd``.
 
     ``svd_pq_cos`` (k-means of the factors' directions) over ``svd_pq`` (of the raw factors), plain-PyTorch
-    harness, 3 seeds, recall@20 vs uncompressed: BPR on Amazon Baby -3.1 % -> +1.6 %, on TikTok -15.3 % ->
-    +0.8 %; LightGCN on Baby -18.7 % -> -8.9 % (see docs/benchmarks.md). ``svd_pq_norm`` is not chosen:
+    harness, 3 seeds, recall@20 vs uncompressed: BPR on Amazon Baby -3.1 % -> +4.2 %, on TikTok -15.3 % ->
+    +0.8 %; LightGCN on Baby -18.7 % -> -9.1 % (see docs/benchmarks.md). ``svd_pq_norm`` is not chosen:
     for LightGCN it gained on Baby and lost on TikTok (MMRec, 3 seeds: -13.8 % -> -23.4 %).
     """
     return "svd_pq_cos" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import replace
 import types
+from dataclasses import replace
 from logging import getLogger
 from typing import Any, Callable
 
