@@ -52,6 +52,7 @@ def test_auto_takes_svd_pq_cos_on_sparse_and_svd_on_dense_interactions(caplog):
     dense = block_matrix()  # 15 per user: 2 * 6000 / 700 = 17.1 per ID
     assert 2 * sparse.nnz / sum(sparse.shape) < SPARSE_DEGREE < 2 * dense.nnz / sum(dense.shape)
     assert resolve_auto(sparse) == "svd_pq_cos" and resolve_auto(dense) == "svd"
+    assert resolve_auto(sparse, directions=False) == "svd_pq" and resolve_auto(dense, directions=False) == "svd"
     cfg = JPQConfig(M=8, ksub=32, code_assign="auto", seed=3)
     with caplog.at_level(logging.INFO, logger="urecjpq_plugin"):
         for X, how in ((sparse, "svd_pq_cos"), (dense, "svd")):
@@ -67,7 +68,12 @@ def test_svd_pq_norm_is_svd_pq_of_the_degree_normalised_matrix():
     rng = np.random.default_rng(1)
     X = sp.csr_matrix((rng.random((400, 300)) < 0.03 * rng.random((400, 1)) * 3).astype(np.float32))  # skewed degrees
     du, di = np.asarray(X.sum(1)).ravel(), np.asarray(X.sum(0)).ravel()
-    normalised = sp.csr_matrix(X.toarray() / np.sqrt(np.maximum(du, 1))[:, None] / np.sqrt(np.maximum(di, 1))[None, :])
+    # entry (u, i) divided by sqrt(d_u d_i), in float32 in the plugin's order: the same bits, so the same codes
+    # whatever the thread count (a dense float64 division differs in the last bit and flips k-means ties)
+    normalised = X.copy()
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    normalised.data *= (1.0 / np.sqrt(np.maximum(du, 1.0))).astype(np.float32)[rows]
+    normalised.data *= (1.0 / np.sqrt(np.maximum(di, 1.0))).astype(np.float32)[X.indices]
     got = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq_norm", seed=3, dim=32), X)
     want = svd_pq_codes(normalised, 8, 32, 3, rank=32)
     plain = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq", seed=3, dim=32), X)
@@ -105,8 +111,9 @@ def test_svd_pq_cos_quantises_directions_so_rarely_seen_ids_do_not_pile_onto_one
     assert got["user"].shape == (n_users, 8) and distinct_code_fraction(got["item"]) == 1.0
 
 
-def test_recbole_auto_gives_ngcf_raw_factor_codes_on_sparse_data_and_leaves_other_cases_alone():
-    # NGCF lost -45 % recall@20 with codes from directions on Amazon Baby (svd_pq: -6.6 %)
+def test_recbole_auto_gives_ngcf_and_simplex_raw_factor_codes_on_sparse_data_and_leaves_other_cases_alone():
+    # Amazon Baby, recall@20 vs uncompressed with codes from directions / raw factors: NGCF -45 % / -6.6 %,
+    # SimpleX (cosine scores) -15.3 % / -2.7 %
     from torch import nn
 
     from urecjpq_plugin.hosts.recbole.hook import auto_codes_for_model
@@ -117,6 +124,7 @@ def test_recbole_auto_gives_ngcf_raw_factor_codes_on_sparse_data_and_leaves_othe
     NGCF, BPR = type("NGCF", (nn.Module,), {}), type("BPR", (nn.Module,), {})
     auto = JPQConfig()
     assert auto_codes_for_model(auto, NGCF(), lambda: sparse).code_assign == "svd_pq"
+    assert auto_codes_for_model(auto, type("SimpleX", (nn.Module,), {})(), lambda: sparse).code_assign == "svd_pq"
     assert auto_codes_for_model(auto, type("NGCF", (NGCF,), {})(), lambda: sparse).code_assign == "svd_pq"  # host subclass
     assert auto_codes_for_model(auto, NGCF(), lambda: dense).code_assign == "auto"  # -> svd, as for every model
     assert auto_codes_for_model(auto, BPR(), lambda: sparse).code_assign == "auto"  # -> svd_pq_cos

@@ -249,6 +249,24 @@ def test_compress_with_finetune_writes_a_trained_checkpoint(trained, tmp_path, m
 
 
 @needs_recbole
+def test_finetune_keeps_the_compressed_start_when_no_epoch_validates_better(trained, tmp_path, monkeypatch):
+    # A learning rate that wrecks the model in one epoch: RecBole alone would save that epoch (its first
+    # validation is the first best); the start, validated first, must be what is written.
+    _, ckpt = trained
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "tuned.pth")
+    main([ckpt, "--out", out, "--M", "4", "--ksub", "16", "--finetune-epochs", "1", "--finetune-lr", "1000"])
+    saved = torch.load(out, weights_only=False)
+    assert saved["epoch"] == -1 and saved["config"]["learning_rate"] == 1000
+    trained_items = torch.load(ckpt, weights_only=False)["state_dict"]["item_embedding.weight"]
+    _, centroids = quantize_table(trained_items, 4, 16, seed=saved["config"]["seed"])
+    torch.testing.assert_close(saved["state_dict"]["item_embedding.sub_embeddings"], centroids)
+    with pytest.raises(CompressError, match="finetune-lr"):
+        main([ckpt, "--out", str(tmp_path / "bad.pth"), "--finetune-epochs", "1", "--finetune-lr", "0"])
+    assert not (tmp_path / "bad.pth").exists()
+
+
+@needs_recbole
 def test_compress_defaults_to_the_plugins_M(trained, tmp_path, monkeypatch):
     from urecjpq_plugin.config import auto_M
     from urecjpq_plugin.hosts.recbole.compress import parse_args

@@ -43,15 +43,21 @@ def interactions_per_id(interactions: Any) -> float:
     return 2 * interactions.nnz / max(sum(interactions.shape), 1)
 
 
-def resolve_auto(interactions: Any) -> str:
+def resolve_auto(interactions: Any, directions: bool = True) -> str:
     """``svd_pq_cos`` for a sparse training matrix (few interactions per ID), else ``svd``.
+
+    ``directions=False`` (a host's models that normalise or transform the rows, e.g. RecBole's NGCF and
+    SimpleX) gives ``svd_pq`` instead of ``svd_pq_cos`` on sparse data: codes from directions leave how
+    often an ID was seen to the row norms (the degree scale), which such models do not score by.
 
     ``svd_pq_cos`` (k-means of the factors' directions) over ``svd_pq`` (of the raw factors), plain-PyTorch
     harness, 3 seeds, recall@20 vs uncompressed: BPR on Amazon Baby -3.1 % -> +4.2 %, on TikTok -15.3 % ->
     +0.8 %; LightGCN on Baby -18.7 % -> -9.1 % (see docs/benchmarks.md). ``svd_pq_norm`` is not chosen:
     for LightGCN it gained on Baby and lost on TikTok (MMRec, 3 seeds: -13.8 % -> -23.4 %).
     """
-    return "svd_pq_cos" if interactions_per_id(interactions) < SPARSE_DEGREE else "svd"
+    if interactions_per_id(interactions) >= SPARSE_DEGREE:
+        return "svd"
+    return "svd_pq_cos" if directions else "svd_pq"
 
 
 def resolve_degree_scale(config: JPQConfig, interactions: Any, dot_product_model: bool = True) -> float:

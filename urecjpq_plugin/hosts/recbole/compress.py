@@ -8,7 +8,8 @@ plugin would compress (same rule as ``jpq: true`` at build time, ``--targets`` u
 is replaced by its product quantisation (:func:`urecjpq_plugin.compress.quantize_model`: per split,
 k-means of the trained sub-vectors gives the codes and the sub-embeddings). All other weights stay.
 With ``--finetune-epochs N`` RecBole's own trainer continues from the compressed start on the same
-data split (the best validation epoch is kept, as in RecBole). The output is a RecBole checkpoint
+data split; the compressed start is validated first and counts as epoch -1, so an epoch is kept only
+if it validates better than the start (fine-tuning never returns a model worse on validation). The output is a RecBole checkpoint
 whose config says ``jpq: True``; ``load_data_and_model`` loads it once the plugin is active.
 """
 
@@ -46,6 +47,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--ksub", type=int, default=JPQConfig.ksub, help="sub-ids per split (default %(default)s)")
     p.add_argument("--targets", default="user,item", help="tables to compress: user, item or both (default %(default)s)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="RecBole training epochs after compression")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="learning rate of --finetune-epochs (default: the checkpoint's learning_rate)")
     p.add_argument("--kmeans-iters", type=int, default=25, help="k-means iterations per split")
     p.add_argument("--seed", type=int, default=None, help="k-means seed (default: the checkpoint's seed)")
     return p.parse_args(argv)
@@ -91,12 +94,15 @@ def compress_checkpoint(
     finetune_epochs: int = 0,
     seed: int | None = None,
     kmeans_iters: int = 25,
+    finetune_lr: float | None = None,
 ) -> dict:
     """Write ``out``; return ``{"out", "tables" (one line each), "finetune_epochs"}``. Checks run first."""
     if os.path.exists(out):
         raise CompressError(f"--out {out!r} already exists; choose a new path (nothing is overwritten)")
     if finetune_epochs < 0:
         raise CompressError(f"--finetune-epochs={finetune_epochs} is invalid; it must be 0 or more")
+    if finetune_lr is not None and not (finetune_lr > 0 and finetune_lr < float("inf")):
+        raise CompressError(f"--finetune-lr={finetune_lr} is invalid; it must be a positive number")
     if kmeans_iters < 1:
         raise CompressError(f"--kmeans-iters={kmeans_iters} is invalid; it must be 1 or more")
     jcfg = JPQConfig(M=M, ksub=ksub, code_assign="random", targets=tuple(targets))
@@ -144,22 +150,28 @@ def compress_checkpoint(
     if finetune_epochs == 0:
         _save(out, config, model, checkpoint.get("epoch", -1))
     else:
-        _finetune(config, model, train_data, valid_data, finetune_epochs, out)
+        _finetune(config, model, train_data, valid_data, finetune_epochs, out, finetune_lr)
     return {"out": out, "tables": lines, "finetune_epochs": finetune_epochs}
 
 
-def _finetune(config: Any, model: torch.nn.Module, train_data: Any, valid_data: Any, epochs: int, out: str) -> None:
+def _finetune(config: Any, model: torch.nn.Module, train_data: Any, valid_data: Any, epochs: int, out: str,
+              lr: float | None = None) -> None:
     """RecBole's trainer from the compressed start; it writes its best-validation checkpoint to ``out``."""
     from recbole.utils import get_trainer, init_seed
 
     config["epochs"] = epochs
     config["checkpoint_dir"] = os.path.dirname(os.path.abspath(out))
+    if lr is not None:
+        config["learning_rate"] = lr  # read by the trainer's optimizer
     init_seed(config["seed"], config["reproducibility"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.saved_model_file = out
+    # The start is the first candidate: training from a well-quantised model can drift below it (shared
+    # sub-embeddings moved at the host's learning rate), and RecBole keeps only epochs that beat the best.
+    trainer.best_valid_score, trainer.best_valid_result = trainer._valid_epoch(valid_data, show_progress=False)
+    getLogger().info(f"urecjpq compress: the compressed start validates at {trainer.best_valid_score:.4f}")
+    trainer._save_checkpoint(-1, verbose=False)
     trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
-    if not os.path.exists(out):  # no validation ran within the epochs (eval_step > epochs)
-        _save(out, config, model, epochs - 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finetune_epochs=args.finetune_epochs,
         seed=args.seed,
         kmeans_iters=args.kmeans_iters,
+        finetune_lr=args.finetune_lr,
     )
     for line in result["tables"]:
         print(line)

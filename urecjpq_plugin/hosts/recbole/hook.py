@@ -39,9 +39,10 @@ _WRAPPED: dict[type, type] = {}
 # unmeasured and keep the rows unscaled unless jpq_degree_scale is set.
 DEGREE_SCALE_MODELS = ("BPR",)
 # jpq_code_assign: auto gives these models svd_pq where it would give svd_pq_cos (sparse data): NGCF, whose
-# layers transform the rows, lost far more with codes from directions on Amazon Baby (seed 2020, recall@20
-# vs uncompressed: svd_pq -6.6 %, svd_pq_cos -45.4 %), while BPR and LightGCN gained (docs/benchmarks.md).
-RAW_FACTOR_CODE_MODELS = ("NGCF",)
+# layers transform the rows, and SimpleX, which scores by cosine, lost far more with codes from directions on
+# Amazon Baby (seed 2020, recall@20 vs uncompressed, svd_pq / svd_pq_cos: NGCF -6.6 % / -45.4 %, SimpleX
+# -2.7 % / -15.3 %), while BPR and LightGCN gained (docs/benchmarks.md).
+RAW_FACTOR_CODE_MODELS = ("NGCF", "SimpleX")
 _PATCHES = Patches()
 # RecBole modules that call torch.load on its own pickled checkpoints (config objects inside).
 _TORCH_LOAD_MODULES = ("recbole.trainer.trainer",)
@@ -111,10 +112,11 @@ def auto_codes_for_model(jcfg: JPQConfig, model: nn.Module, interactions: Callab
     ``svd_pq_cos``); every other model, and any explicit assignment, is left to :func:`assign_codes`."""
     if jcfg.code_assign != AUTO or not model_is(model, RAW_FACTOR_CODE_MODELS) or is_building_for_load():
         return jcfg
-    if resolve_auto(interactions()) != "svd_pq_cos":
+    how = resolve_auto(interactions(), directions=False)
+    if how == resolve_auto(interactions()):  # dense data: svd for every model
         return jcfg
-    getLogger().info(f"urecjpq: jpq_code_assign=auto -> svd_pq ({type(model).__name__}: codes from raw SVD factors)")
-    return replace(jcfg, code_assign="svd_pq")
+    getLogger().info(f"urecjpq: jpq_code_assign=auto -> {how} ({type(model).__name__}: codes from raw SVD factors)")
+    return replace(jcfg, code_assign=how)
 
 
 def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
