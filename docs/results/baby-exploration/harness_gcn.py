@@ -41,6 +41,8 @@ def main():
     p.add_argument("--fixed", type=float, default=0.0)  # add a fixed random per-ID row of std xavier*this
     p.add_argument("--codes", default=None)  # a codes_exp.make2 kind (pqnsvd64, file:<tables.pt>, ...) instead of the plugin's
     p.add_argument("--save", default=None)  # save the ego tables (user, item) of the best epoch here
+    p.add_argument("--ptq", default=None)  # start from these trained ego tables, product-quantised (what `compress` does)
+    p.add_argument("--lr", type=float, default=1e-3)
     a = p.parse_args()
     torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
     train, valid, test = load(a.data); nu, ni = train.shape
@@ -62,14 +64,24 @@ def main():
             uc, ic = codes_exp.make2(a.codes, train, M, kw.get("ksub", 256), a.seed, 64)
             given = {"user": uc, "item": ic}
         apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train, codes=given)
+    if a.ptq:
+        from urecjpq_plugin.compress import quantize_model
+        U0, I0 = torch.load(a.ptq)
+        with torch.no_grad():
+            model.user_embedding.weight.copy_(U0); model.item_embedding.weight.copy_(I0)
+        quantize_model(model, {"user": nu, "item": ni}, 16, 256, seed=0)
     if a.fixed:
         g = torch.Generator().manual_seed(a.seed + 7)
         std = (2.0 / (nu + 64)) ** 0.5, (2.0 / (ni + 64)) ** 0.5
         model.fixed = a.fixed * torch.cat([torch.randn(nu, 64, generator=g) * std[0], torch.randn(ni, 64, generator=g) * std[1]])
     L = norm_adj(train)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     tr = train.tocoo(); U = torch.from_numpy(tr.row).long(); I = torch.from_numpy(tr.col).long(); n = len(U)
     gen = torch.Generator().manual_seed(a.seed); best, best_ep = -1, 0; t0 = time.time()
+    if a.ptq:  # the start itself, as epoch -1
+        with torch.no_grad(): uw, iw = propagate(model, L, a.layers, nu)
+        r, nd, _ = evaluate(uw, iw, train, valid); best, best_ep, state = r, -1, (uw.clone(), iw.clone())
+        print(f"ep -1 valid R@20 {r:.4f} N@20 {nd:.4f} norm u {uw.norm(dim=1).mean():.3f} i {iw.norm(dim=1).mean():.3f}", flush=True)
     for ep in range(a.epochs):
         model.train(); perm = torch.randperm(n, generator=gen); neg_all = torch.randint(0, ni, (n,), generator=gen); tot = 0
         for s in range(0, n, 2048):
@@ -83,7 +95,9 @@ def main():
         model.eval()
         with torch.no_grad(): uw, iw = propagate(model, L, a.layers, nu)
         r, nd, _ = evaluate(uw, iw, train, valid)
-        if not a.quiet: print(f"ep {ep} loss {tot/n:.4f} valid R@20 {r:.4f} N@20 {nd:.4f} ({time.time()-t0:.0f}s)", flush=True)
+        if not a.quiet:
+            norms = f"norm u {uw.norm(dim=1).mean():.3f} i {iw.norm(dim=1).mean():.3f}"  # final (propagated) rows
+            print(f"ep {ep} loss {tot/n:.4f} valid R@20 {r:.4f} N@20 {nd:.4f} {norms} ({time.time()-t0:.0f}s)", flush=True)
         if r > best:
             best, best_ep, state = r, ep, (uw.clone(), iw.clone())
             if a.save:

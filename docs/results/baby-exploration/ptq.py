@@ -1,0 +1,47 @@
+"""Post-training quantisation of trained uncompressed tables (no training after): what M x ksub can hold.
+
+    python ptq.py --tables <file saved by harness.py/harness_gcn.py --save> --data <baby.inter> [--gcn]
+
+Each table is product-quantised (per-split k-means, the plugin's `quantize_table`) at several (M, ksub);
+the quantised ego tables (suffix u / i: only the user / item table) are scored as trained (LightGCN: propagated first) on the test split, against
+the unquantised tables. Prints one JSON line per setting.
+"""
+import argparse, json
+import torch
+from harness import load, evaluate
+from urecjpq_plugin.compress import quantize_table
+from urecjpq_plugin.pq import decode_rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tables", required=True); p.add_argument("--data", required=True)
+    p.add_argument("--gcn", action="store_true"); p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--settings", default="16x256,16x256u,16x256i,16x1024,8x256,32x256")  # suffix u/i: that side only
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    train, valid, test = load(a.data); nu = train.shape[0]
+    U, I = torch.load(a.tables)
+
+    def score(u, i):
+        if a.gcn:
+            import harness_gcn
+            class T: pass
+            m = T(); m.user_embedding = type("E", (), {"weight": u})(); m.item_embedding = type("E", (), {"weight": i})()
+            u, i = harness_gcn.propagate(m, harness_gcn.norm_adj(train), a.layers, nu)
+        r, n, _ = evaluate(u, i, train + valid, test)
+        return r, n
+
+    base = score(U, I)
+    print(json.dumps(dict(setting="trained", test_recall=base[0], test_ndcg=base[1])), flush=True)
+    for s in a.settings.split(","):
+        side = s[-1] if s[-1] in "ui" else ""
+        M, ksub = map(int, s.rstrip("ui").split("x"))
+        q = [decode_rows(c, codes.long()) if side in ("", name) else t
+             for name, t, (c, codes) in ((n, t, quantize_table(t, M, ksub, seed=0)[::-1]) for n, t in (("u", U), ("i", I)))]
+        r, n = score(*q)
+        print(json.dumps(dict(setting=s, test_recall=r, test_ndcg=n, rel_recall=r / base[0] - 1, rel_ndcg=n / base[1] - 1)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
