@@ -113,7 +113,7 @@ def auto_codes_for_model(jcfg: JPQConfig, model: nn.Module, interactions: Callab
     if jcfg.code_assign != AUTO or not model_is(model, RAW_FACTOR_CODE_MODELS) or is_building_for_load():
         return jcfg
     how = resolve_auto(interactions(), directions=False)
-    if how == resolve_auto(interactions()):  # dense data: svd for every model
+    if how == "svd":  # dense data: the same for every model, left to assign_codes (which logs it)
         return jcfg
     getLogger().info(f"urecjpq: jpq_code_assign=auto -> {how} ({type(model).__name__}: codes from raw SVD factors)")
     return replace(jcfg, code_assign=how)
