@@ -25,12 +25,16 @@ ROWS = [
     ("TikTok (MMRec) LightGCN", "mmrec-tiktok", "LightGCN", "jpq-Mauto-k256-svd_pq_cos-user+item"),
     ("TikTok (MMRec) VBPR", "mmrec-tiktok", "VBPR", "jpq-Mauto-k256-svd_pq_cos-user+item"),
     ("TikTok (MMRec) FREEDOM, ID tables", "mmrec-tiktok", "FREEDOM", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) FREEDOM, ID + feature tables (`svd_pq` codes)", "mmrec-tiktok", "FREEDOM",
-     "jpq-Mauto-k256-auto-user+item+image+text"),
+    ("TikTok (MMRec) FREEDOM, ID + feature tables", "mmrec-tiktok", "FREEDOM",
+     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
     ("TikTok (MMRec) BM3, ID tables", "mmrec-tiktok", "BM3", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) BM3, ID + feature tables (`svd_pq` codes)", "mmrec-tiktok", "BM3",
-     "jpq-Mauto-k256-auto-user+item+image+text"),
+    ("TikTok (MMRec) BM3, ID + feature tables", "mmrec-tiktok", "BM3",
+     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
     ("TikTok (MMRec) MGCN, ID tables", "mmrec-tiktok", "MGCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("TikTok (MMRec) LayerGCN", "mmrec-tiktok", "LayerGCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("TikTok (MMRec) SMORE, ID tables", "mmrec-tiktok", "SMORE", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-reg1e-5", "BPR", "jpq-Mauto-k256-svd_pq_cos-user+item"),
+    ("Baby (MMRec) LightGCN", "mmrec-baby", "LightGCN", "jpq-Mauto-k256-svd_pq_cos-user+item"),
 ]
 
 
