@@ -7,6 +7,7 @@ the quantised ego tables (suffix u / i: only the user / item table) are scored a
 the unquantised tables. Prints one JSON line per setting.
 """
 import argparse, json
+from types import SimpleNamespace
 import torch
 from harness import load, evaluate
 from urecjpq_plugin.compress import quantize_table
@@ -23,22 +24,27 @@ def main():
     train, valid, test = load(a.data); nu = train.shape[0]
     U, I = torch.load(a.tables)
 
+    if a.gcn:
+        import harness_gcn
+        adj = harness_gcn.norm_adj(train)  # once: every setting propagates over the same graph
+
     def score(u, i):
         if a.gcn:
-            import harness_gcn
-            class T: pass
-            m = T(); m.user_embedding = type("E", (), {"weight": u})(); m.item_embedding = type("E", (), {"weight": i})()
-            u, i = harness_gcn.propagate(m, harness_gcn.norm_adj(train), a.layers, nu)
+            tables = SimpleNamespace(user_embedding=SimpleNamespace(weight=u), item_embedding=SimpleNamespace(weight=i))
+            u, i = harness_gcn.propagate(tables, adj, a.layers, nu)
         r, n, _ = evaluate(u, i, train + valid, test)
         return r, n
+
+    def quantised(table, M, ksub):
+        codes, centroids = quantize_table(table, M, ksub, seed=0)
+        return decode_rows(centroids, codes.long())
 
     base = score(U, I)
     print(json.dumps(dict(setting="trained", test_recall=base[0], test_ndcg=base[1])), flush=True)
     for s in a.settings.split(","):
         side = s[-1] if s[-1] in "ui" else ""
         M, ksub = map(int, s.rstrip("ui").split("x"))
-        q = [decode_rows(c, codes.long()) if side in ("", name) else t
-             for name, t, (c, codes) in ((n, t, quantize_table(t, M, ksub, seed=0)[::-1]) for n, t in (("u", U), ("i", I)))]
+        q = [quantised(t, M, ksub) if side in ("", name) else t for name, t in (("u", U), ("i", I))]
         r, n = score(*q)
         print(json.dumps(dict(setting=s, test_recall=r, test_ndcg=n, rel_recall=r / base[0] - 1, rel_ndcg=n / base[1] - 1)), flush=True)
 

@@ -9,13 +9,15 @@ is replaced by its product quantisation (:func:`urecjpq_plugin.compress.quantize
 k-means of the trained sub-vectors gives the codes and the sub-embeddings). All other weights stay.
 With ``--finetune-epochs N`` RecBole's own trainer continues from the compressed start on the same
 data split; the compressed start is validated first and counts as epoch -1, so an epoch is kept only
-if it validates better than the start (fine-tuning never returns a model worse on validation). The output is a RecBole checkpoint
-whose config says ``jpq: True``; ``load_data_and_model`` loads it once the plugin is active.
+if it validates better than the start (fine-tuning never returns a model worse on validation). The
+output is a RecBole checkpoint whose config says ``jpq: True``; ``load_data_and_model`` loads it once
+the plugin is active.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from logging import getLogger
 from typing import Any, Sequence
@@ -101,7 +103,7 @@ def compress_checkpoint(
         raise CompressError(f"--out {out!r} already exists; choose a new path (nothing is overwritten)")
     if finetune_epochs < 0:
         raise CompressError(f"--finetune-epochs={finetune_epochs} is invalid; it must be 0 or more")
-    if finetune_lr is not None and not (finetune_lr > 0 and finetune_lr < float("inf")):
+    if finetune_lr is not None and not (math.isfinite(finetune_lr) and finetune_lr > 0):
         raise CompressError(f"--finetune-lr={finetune_lr} is invalid; it must be a positive number")
     if kmeans_iters < 1:
         raise CompressError(f"--kmeans-iters={kmeans_iters} is invalid; it must be 1 or more")
