@@ -23,6 +23,8 @@ def norm_adj(train):
 
 def propagate(model, L, layers, nu):
     x = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    if getattr(model, "log_scale", None) is not None:  # a learned scale per log2-degree bucket
+        x = x * model.log_scale[model.bucket].exp().unsqueeze(-1)
     if getattr(model, "fixed", None) is not None:
         x = x + model.fixed  # a fixed (never trained) random row per ID, at xavier scale times --fixed
     out = [x]
@@ -43,6 +45,7 @@ def main():
     p.add_argument("--save", default=None)  # save the ego tables (user, item) of the best epoch here
     p.add_argument("--ptq", default=None)  # start from these trained ego tables, product-quantised (what `compress` does)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--learned-scale", action="store_true")  # a learned multiplier per log2(degree) bucket, users and items apart
     a = p.parse_args()
     torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
     train, valid, test = load(a.data); nu, ni = train.shape
@@ -70,6 +73,11 @@ def main():
         with torch.no_grad():
             model.user_embedding.weight.copy_(U0); model.item_embedding.weight.copy_(I0)
         quantize_model(model, {"user": nu, "item": ni}, 16, 256, seed=0)
+    if a.learned_scale:
+        deg = np.concatenate([np.diff(train.tocsr().indptr), np.bincount(train.tocoo().col, minlength=ni)])
+        b = np.floor(np.log2(np.maximum(deg, 1))).astype(np.int64); nb = int(b.max()) + 1
+        b[nu:] += nb  # items' buckets apart from users'
+        model.bucket = torch.from_numpy(b); model.log_scale = nn.Parameter(torch.zeros(2 * nb))
     if a.fixed:
         g = torch.Generator().manual_seed(a.seed + 7)
         std = (2.0 / (nu + 64)) ** 0.5, (2.0 / (ni + 64)) ** 0.5
@@ -105,7 +113,8 @@ def main():
                     torch.save((model.user_embedding.weight.detach().clone(), model.item_embedding.weight.detach().clone()), a.save)
         elif ep - best_ep >= a.patience: break
     tr_, tn, _ = evaluate(state[0], state[1], train + valid, test)
-    print(json.dumps(dict(args=vars(a), best_ep=best_ep, valid=best, test_recall=tr_, test_ndcg=tn)))
+    extra = {"log_scale": [round(v, 3) for v in model.log_scale.tolist()]} if a.learned_scale else {}
+    print(json.dumps(dict(args=vars(a), **extra, best_ep=best_ep, valid=best, test_recall=tr_, test_ndcg=tn)))
 
 if __name__ == "__main__":
     main()
