@@ -198,6 +198,41 @@ def test_mmrec_records_are_mapped_onto_the_contract():
     assert record["epochs"] == 2 and record["metrics"]["ndcg@20"] == 0.07
 
 
+def test_an_mmrec_run_stopped_by_a_nan_loss_is_a_failure_not_a_row_of_zeros():
+    # MMRec's DualGNN at its first grid point (learning_rate 0.1) turns NaN in its first epoch on TikTok; MMRec
+    # logs "Loss is nan ... Exiting." and reports zeros, which the bench used to record as an ok run.
+    import torch
+
+    from urecjpq_bench.hosts import BenchRunnerError
+    from urecjpq_bench.mmrec_runner import to_bench_record
+    from urecjpq_plugin.hosts.mmrec.runner import _wrap_trainer
+
+    class Trainer:  # MMRec's Trainer as far as the wrapper uses it
+        def __init__(self, config, model, mg=False):
+            self.config, self.model = config, model
+
+        def _train_epoch(self, train_data, epoch_idx):
+            return 0.5 if epoch_idx == 0 else (torch.tensor(float("nan")), torch.tensor(0.0))
+
+        def evaluate(self, *args, **kwargs):
+            return {}
+
+        def fit(self, *args, **kwargs):
+            return 0.0, {}, {}
+
+    trainer = _wrap_trainer(Trainer)(None, None)
+    assert trainer._train_epoch(None, 0) == 0.5 and trainer.__dict__.get("_urecjpq_nan_epoch") is None
+    trainer._train_epoch(None, 1)
+    assert trainer._urecjpq_nan_epoch == 1
+
+    zeros = {"recall@20": 0.0, "ndcg@20": 0.0, "recall@10": 0.0, "ndcg@10": 0.0}
+    record = {"model": "DualGNN", "hyper": {"learning_rate": 0.1}, "test_result": zeros, "trainable_params": 9,
+              "id_table_params": 5, "checkpoint_bytes": 0, "epochs_run": 1, "seconds_per_epoch": 1.0}
+    assert to_bench_record({**record, "loss_nan_epoch": None})["metrics"]["recall@20"] == 0.0
+    with pytest.raises(BenchRunnerError, match=r"DualGNN: training loss became NaN at epoch 0 \(learning_rate=0.1\)"):
+        to_bench_record({**record, "loss_nan_epoch": 0})
+
+
 def test_relative_change_and_mean_summary():
     def rec(model, jpq, recall, params):
         return {"run_id": f"{model}-{jpq}", "status": "ok", "jpq": {"M": 8, "ksub": 256, "code_assign": "svd",

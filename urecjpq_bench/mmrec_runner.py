@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from urecjpq_bench.hosts import BenchRunnerError
+
 
 def to_bench_record(record: dict) -> dict:
     if "metrics" in record:  # already in the bench's keys
         return record
+    if record.get("loss_nan_epoch") is not None:
+        hyper = ", ".join(f"{k}={v}" for k, v in (record.get("hyper") or {}).items())
+        raise BenchRunnerError(
+            f"{record.get('model', 'the model')}: training loss became NaN at epoch {record['loss_nan_epoch']} "
+            f"({hyper or 'MMRec defaults'}); MMRec stopped the run, so its metrics are not a result. Run it with "
+            "another grid point, e.g. --set \"learning_rate=[0.001]\""
+        )
     out = {k: v for k, v in record.items() if k not in ("test_result", "epochs_run")}
     out["metrics"] = {k.lower(): float(v) for k, v in record["test_result"].items()}
     out["epochs"] = record["epochs_run"]

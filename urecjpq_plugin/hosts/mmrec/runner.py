@@ -86,6 +86,13 @@ def _snapshot(model: nn.Module) -> dict:
     return {"state_dict": state, "caches": caches}
 
 
+def _loss_is_nan(epoch_result: Any) -> bool:
+    """Whether ``Trainer._train_epoch`` ended on a NaN loss: MMRec then returns the loss *tensor* (sums are
+    floats otherwise), logs "Loss is nan ... Exiting." and ``fit`` stops with whatever validated best."""
+    loss = epoch_result[0] if isinstance(epoch_result, tuple) and epoch_result else epoch_result
+    return torch.is_tensor(loss) and bool(torch.isnan(loss).any())
+
+
 def _wrap_trainer(cls: type) -> type:
     if getattr(cls, "_urecjpq_wrapped", False):
         return cls
@@ -113,6 +120,8 @@ def _wrap_trainer(cls: type) -> type:
         out = cls._train_epoch(self, *args, **kwargs)
         self._urecjpq_epoch_seconds.append(time.perf_counter() - start)
         self._urecjpq_epoch_cpu_seconds.append(time.process_time() - cpu)
+        if self.__dict__.get("_urecjpq_nan_epoch") is None and _loss_is_nan(out):
+            self._urecjpq_nan_epoch = len(self._urecjpq_epoch_seconds) - 1
         return out
 
     def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -149,6 +158,8 @@ def _record_run(trainer: Any, fit_result: Any, saved: bool) -> None:
         "feature_params": feature_params,
         "jpq_tables": table_settings(jpq_modules(model)),
         "epochs_run": len(seconds),
+        # MMRec stops at a NaN loss and reports the best validation so far (all zeros before any): not a result
+        "loss_nan_epoch": trainer.__dict__.get("_urecjpq_nan_epoch"),
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0,
         # medians: robust to the odd epoch that waited for the cores
         "cpu_seconds_per_epoch": _median(trainer._urecjpq_epoch_cpu_seconds),
