@@ -33,6 +33,19 @@ ROWS = [
     ("TikTok (MMRec) MGCN, ID tables", "mmrec-tiktok", "MGCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
     ("TikTok (MMRec) LayerGCN", "mmrec-tiktok", "LayerGCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
     ("TikTok (MMRec) SMORE, ID tables", "mmrec-tiktok", "SMORE", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("TikTok (MMRec) SMORE, ID + feature tables", "mmrec-tiktok", "SMORE",
+     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
+    ("TikTok (MMRec) MGCN, ID + feature tables", "mmrec-tiktok", "MGCN",
+     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
+    ("TikTok (MMRec) PGL, ID tables", "mmrec-tiktok", "PGL", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("TikTok (MMRec) PGL, ID + feature tables", "mmrec-tiktok", "PGL",
+     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
+    ("TikTok (MMRec) MMGCF", "mmrec-tiktok", "MMGCF", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("TikTok (MMRec) SLMRec", "mmrec-tiktok", "SLMRec", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    # their first grid points (learning rate 1 / 0.1) turn the loss NaN in the first epoch: lr 1e-3
+    ("TikTok (MMRec) GRCN, lr 1e-3", "mmrec-tiktok-lr1e-3", "GRCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("TikTok (MMRec) DualGNN, lr 1e-3", "mmrec-tiktok-lr1e-3", "DualGNN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    # (MMGCN and MVGAE keep their ID tables as tensors MMRec never trains: nothing to compress)
     ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-reg1e-5", "BPR", "jpq-Mauto-k256-svd_pq_cos-user+item"),
     ("Baby (MMRec) LightGCN", "mmrec-baby", "LightGCN", "jpq-Mauto-k256-svd_pq_cos-user+item"),
 ]
