@@ -45,6 +45,7 @@ def main():
     p.add_argument("--save", default=None)  # save the ego tables (user, item) of the best epoch here
     p.add_argument("--ptq", default=None)  # start from these trained ego tables, product-quantised (what `compress` does)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init-centroids", type=float, default=0.0)  # sub-embeddings start at the codes' centroids of the unit SVD rows, at this mean row norm
     p.add_argument("--learned-scale", action="store_true")  # a learned multiplier per log2(degree) bucket, users and items apart
     a = p.parse_args()
     torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
@@ -67,6 +68,22 @@ def main():
             uc, ic = codes_exp.make2(a.codes, train, M, kw.get("ksub", 256), a.seed, 64)
             given = {"user": uc, "item": ic}
         apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train, codes=given)
+    if a.init_centroids:
+        from scipy.sparse.linalg import svds
+        U_, s_, Vt_ = svds(train.astype(np.float64), k=64, random_state=a.seed)
+        for module, rows in ((model.user_embedding, U_ * np.sqrt(s_)), (model.item_embedding, Vt_.T * np.sqrt(s_))):
+            rows = torch.from_numpy(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).float()
+            M_, K_, ds_ = module.sub_embeddings.shape; codes_ = module.codes.long()
+            cent = module.sub_embeddings.detach().clone()
+            for k in range(M_):
+                part = rows[:, k * ds_:(k + 1) * ds_]
+                sums = torch.zeros(K_, ds_).index_add_(0, codes_[:, k], part)
+                cnt = torch.bincount(codes_[:, k], minlength=K_).float().unsqueeze(1)
+                cent[k] = torch.where(cnt > 0, sums / cnt.clamp_min(1), cent[k])
+            dec = cent[torch.arange(M_), codes_].reshape(len(codes_), -1)
+            with torch.no_grad():
+                module.sub_embeddings.copy_(cent * (a.init_centroids / dec.norm(dim=1).mean()))
+            module.invalidate_cache()
     if a.ptq:
         from urecjpq_plugin.compress import quantize_model
         U0, I0 = torch.load(a.ptq)
