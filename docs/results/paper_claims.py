@@ -17,37 +17,43 @@ import os
 import statistics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# run-name prefixes of the compressed runs (a seed follows: "-s<seed>")
+RECBOLE_AUTO = "jpq-Mauto-k256-auto-user+item-s"
+ID = "jpq-Mauto-k256-svd_pq_cos-user+item-s"  # ID tables, codes from directions
+ID_FEATURES = "jpq-Mauto-k256-svd_pq_cos-user+item+image+text-s"  # ID and feature tables
+
+
+def _tiktok(model: str, prefix: str = ID, note: str = "", folder: str = "mmrec-tiktok") -> tuple[str, str, str, str]:
+    label = f"TikTok (MMRec) {model}" + (f", {note}" if note else "")
+    return label, folder, model, prefix
+
+
+def _with_features(model: str) -> list[tuple[str, str, str, str]]:
+    return [_tiktok(model, ID, "ID tables"), _tiktok(model, ID_FEATURES, "ID + feature tables")]
+
+
 # (label, folder, model, run-name prefix of the compressed runs)
 ROWS = [
-    ("Baby (RecBole) BPR", "baby-cos-bpr", "BPR", "jpq-Mauto-k256-auto-user+item"),
-    ("Baby (RecBole) LightGCN", "baby-cos-lightgcn", "LightGCN", "jpq-Mauto-k256-auto-user+item"),
-    ("TikTok (MMRec) BPR, reg 1e-05", "mmrec-tiktok-bpr-reg1e-5", "BPR", "jpq-Mauto-k256-svd_pq_cos-user+item"),
-    ("TikTok (MMRec) LightGCN", "mmrec-tiktok", "LightGCN", "jpq-Mauto-k256-svd_pq_cos-user+item"),
-    ("TikTok (MMRec) VBPR", "mmrec-tiktok", "VBPR", "jpq-Mauto-k256-svd_pq_cos-user+item"),
-    ("TikTok (MMRec) FREEDOM, ID tables", "mmrec-tiktok", "FREEDOM", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) FREEDOM, ID + feature tables", "mmrec-tiktok", "FREEDOM",
-     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
-    ("TikTok (MMRec) BM3, ID tables", "mmrec-tiktok", "BM3", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) BM3, ID + feature tables", "mmrec-tiktok", "BM3",
-     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
-    ("TikTok (MMRec) MGCN, ID tables", "mmrec-tiktok", "MGCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) LayerGCN", "mmrec-tiktok", "LayerGCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) SMORE, ID tables", "mmrec-tiktok", "SMORE", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) SMORE, ID + feature tables", "mmrec-tiktok", "SMORE",
-     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
-    ("TikTok (MMRec) MGCN, ID + feature tables", "mmrec-tiktok", "MGCN",
-     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
-    ("TikTok (MMRec) PGL, ID tables", "mmrec-tiktok", "PGL", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) PGL, ID + feature tables", "mmrec-tiktok", "PGL",
-     "jpq-Mauto-k256-svd_pq_cos-user+item+image+text"),
-    ("TikTok (MMRec) MMGCF", "mmrec-tiktok", "MMGCF", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) SLMRec", "mmrec-tiktok", "SLMRec", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    ("Baby (RecBole) BPR", "baby-cos-bpr", "BPR", RECBOLE_AUTO),
+    ("Baby (RecBole) LightGCN", "baby-cos-lightgcn", "LightGCN", RECBOLE_AUTO),
+    _tiktok("BPR", note="reg 1e-05", folder="mmrec-tiktok-bpr-reg1e-5"),
+    _tiktok("LightGCN"),
+    _tiktok("VBPR"),
+    *_with_features("FREEDOM"),
+    *_with_features("BM3"),
+    _tiktok("MGCN", note="ID tables"),
+    _tiktok("LayerGCN"),
+    *_with_features("SMORE"),
+    _tiktok("MGCN", ID_FEATURES, "ID + feature tables"),
+    *_with_features("PGL"),
+    _tiktok("MMGCF"),
+    _tiktok("SLMRec"),
     # their first grid points (learning rate 1 / 0.1) turn the loss NaN in the first epoch: lr 1e-3
-    ("TikTok (MMRec) GRCN, lr 1e-3", "mmrec-tiktok-lr1e-3", "GRCN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
-    ("TikTok (MMRec) DualGNN, lr 1e-3", "mmrec-tiktok-lr1e-3", "DualGNN", "jpq-Mauto-k256-svd_pq_cos-user+item-s"),
+    _tiktok("GRCN", note="lr 1e-3", folder="mmrec-tiktok-lr1e-3"),
+    _tiktok("DualGNN", note="lr 1e-3", folder="mmrec-tiktok-lr1e-3"),
     # (MMGCN and MVGAE keep their ID tables as tensors MMRec never trains: nothing to compress)
-    ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-reg1e-5", "BPR", "jpq-Mauto-k256-svd_pq_cos-user+item"),
-    ("Baby (MMRec) LightGCN", "mmrec-baby", "LightGCN", "jpq-Mauto-k256-svd_pq_cos-user+item"),
+    ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-reg1e-5", "BPR", ID),
+    ("Baby (MMRec) LightGCN", "mmrec-baby", "LightGCN", ID),
 ]
 
 

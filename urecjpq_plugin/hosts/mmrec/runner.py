@@ -112,6 +112,7 @@ def _wrap_trainer(cls: type) -> type:
         # CPU seconds of this process too: unlike wall-clock they do not grow when other jobs share the cores
         self._urecjpq_epoch_cpu_seconds = []
         self._urecjpq_eval_cpu_seconds = []
+        self._urecjpq_nan_epoch = None  # the epoch whose loss turned NaN (MMRec stops there)
         cls.__init__(self, config, model, mg)
         self._urecjpq_ready = True
 
@@ -120,7 +121,7 @@ def _wrap_trainer(cls: type) -> type:
         out = cls._train_epoch(self, *args, **kwargs)
         self._urecjpq_epoch_seconds.append(time.perf_counter() - start)
         self._urecjpq_epoch_cpu_seconds.append(time.process_time() - cpu)
-        if self.__dict__.get("_urecjpq_nan_epoch") is None and _loss_is_nan(out):
+        if self._urecjpq_nan_epoch is None and _loss_is_nan(out):
             self._urecjpq_nan_epoch = len(self._urecjpq_epoch_seconds) - 1
         return out
 
@@ -159,7 +160,7 @@ def _record_run(trainer: Any, fit_result: Any, saved: bool) -> None:
         "jpq_tables": table_settings(jpq_modules(model)),
         "epochs_run": len(seconds),
         # MMRec stops at a NaN loss and reports the best validation so far (all zeros before any): not a result
-        "loss_nan_epoch": trainer.__dict__.get("_urecjpq_nan_epoch"),
+        "loss_nan_epoch": trainer._urecjpq_nan_epoch,
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0,
         # medians: robust to the odd epoch that waited for the cores
         "cpu_seconds_per_epoch": _median(trainer._urecjpq_epoch_cpu_seconds),
