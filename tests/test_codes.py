@@ -361,3 +361,54 @@ def test_svd_pq_codes_shrink_the_rank_to_the_memory_budget(monkeypatch):
     # ... and below 2 * M components it is RecJPQ's one component per split.
     monkeypatch.setattr(codes_module, "SVD_PQ_BYTES", 8 * (300 + 240) * (7 + 10))
     assert all(torch.equal(a, b) for a, b in zip(svd_pq_codes(X, 4, 8, 1, rank=16), svd_codes(X, 4, 8, 1)))
+
+
+def test_weighted_product_quantiser_puts_its_centroids_where_the_weight_is():
+    from urecjpq_plugin.pq import ProductQuantizer
+
+    x = torch.linspace(0, 1, 1000).unsqueeze(1)
+    weights = (x[:, 0] >= 0.5).double()  # only the upper half counts
+    plain = ProductQuantizer(1, 1, 8, seed=0).train(x).centroids
+    weighted = ProductQuantizer(1, 1, 8, seed=0).train(x, weights).centroids
+    assert plain.min() < 0.4  # unweighted k-means covers the whole line
+    assert weighted.min() >= 0.5
+
+
+@pytest.mark.parametrize("bad", [np.full(10, -1.0), np.zeros(10), np.full(9, 1.0), np.full(10, np.inf)])
+def test_product_quantiser_refuses_bad_weights(bad):
+    from urecjpq_plugin.config import JPQConfigError
+    from urecjpq_plugin.pq import ProductQuantizer
+
+    with pytest.raises(JPQConfigError, match="weights"):
+        ProductQuantizer(2, 1, 4).train(torch.randn(10, 2), torch.from_numpy(bad))
+
+
+def test_degree_weighted_svd_pq_codes_fit_popular_items_closer():
+    """Weighted by degree, the k-means serves the often-seen items: their directions are reconstructed better
+    by the means of the items sharing their sub-ids (what training from the codes can at best start from)."""
+    rng = np.random.default_rng(0)
+    n_users, n_items, M, ksub = 600, 400, 4, 16
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # a long tail
+    rows = np.repeat(np.arange(n_users), 8)
+    cols = rng.choice(n_items, size=rows.size, p=popularity / popularity.sum())
+    X = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_users, n_items))
+    X.data[:] = 1.0
+    degree = np.asarray(X.sum(axis=0)).ravel()
+    head = np.argsort(-degree)[:40]
+    _, _, Vt = randomized_svd(X.astype(np.float32), 16, 0)
+    V = Vt.T / np.maximum(np.linalg.norm(Vt.T, axis=1, keepdims=True), 1e-12)
+
+    def head_error(item_codes):
+        codes, err = item_codes.numpy().astype(int), 0.0
+        for k in range(M):
+            part = V[:, k * 4:(k + 1) * 4]
+            means = np.zeros((ksub, 4))
+            np.add.at(means, codes[:, k], part)
+            means /= np.maximum(np.bincount(codes[:, k], minlength=ksub), 1)[:, None]
+            err += ((part[head] - means[codes[head, k]]) ** 2).sum()
+        return err
+
+    plain = svd_pq_codes(X, M, ksub, 0, 16, unit_rows=True)[1]
+    assert torch.equal(plain, svd_pq_codes(X, M, ksub, 0, 16, unit_rows=True, degree_weight=0.0)[1])
+    weighted = svd_pq_codes(X, M, ksub, 0, 16, unit_rows=True, degree_weight=1.0)[1]
+    assert head_error(weighted) < head_error(plain)

@@ -227,7 +227,7 @@ SVD_PQ_BYTES = 3 * 2**29
 
 def svd_pq_codes(
     interactions: sp.spmatrix, M: int, ksub: int, seed: int, rank: int, distinct: bool = True,
-    normalise: bool = False, unit_rows: bool = False,
+    normalise: bool = False, unit_rows: bool = False, degree_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes from product quantisation of the rank-``rank`` SVD factors of the training matrix.
 
@@ -271,7 +271,11 @@ def svd_pq_codes(
         if unit_rows:  # an ID without interactions keeps its zero row
             factors = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
         vectors = torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32))
-        pq = ProductQuantizer(usable, M, ksub, seed + offset).train(vectors)
+        weights = None
+        if degree_weight:
+            degree = np.asarray(interactions.astype(bool).sum(axis=1 - offset), dtype=np.float64).ravel()
+            weights = torch.from_numpy(degree ** degree_weight)
+        pq = ProductQuantizer(usable, M, ksub, seed + offset).train(vectors, weights)
         codes = pq.encode(vectors).numpy().astype(_numpy_dtype(ksub))
         if distinct:
             make_distinct(codes, ksub, seed + offset)

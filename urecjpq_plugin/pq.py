@@ -104,13 +104,27 @@ class ProductQuantizer:
             raise JPQConfigError("the product quantiser is not trained; call train(x) first")
         return self.centroids
 
-    def train(self, x: torch.Tensor) -> ProductQuantizer:
-        """Learn the centroids of every split from ``x [N, d]`` (N >= 1)."""
+    def train(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> ProductQuantizer:
+        """Learn the centroids of every split from ``x [N, d]`` (N >= 1).
+
+        ``weights [N]`` (non-negative, not all zero): weighted k-means, by drawing the training sample with
+        replacement in proportion to them; rows weighted more get centroids nearer to them.
+        """
         x = self._vectors(x)
         if x.shape[0] == 0:
             raise JPQConfigError("cannot train a product quantiser on 0 vectors")
         gen = torch.Generator().manual_seed(self.seed)
-        sample = torch.randperm(x.shape[0], generator=gen)[: self.ksub * self.max_points_per_centroid]
+        limit = self.ksub * self.max_points_per_centroid
+        if weights is None:
+            sample = torch.randperm(x.shape[0], generator=gen)[:limit]
+        else:
+            weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+            cdf = weights.cumsum(0)
+            if (weights.shape[0] != x.shape[0] or bool((weights < 0).any()) or not bool(torch.isfinite(cdf[-1]))
+                    or float(cdf[-1]) <= 0):
+                raise JPQConfigError(f"weights must be {x.shape[0]} finite non-negative values, not all zero")
+            draws = torch.rand(min(x.shape[0], limit), generator=gen, dtype=torch.float64) * cdf[-1]
+            sample = torch.searchsorted(cdf, draws, right=True).clamp_(max=x.shape[0] - 1)
         centroids = torch.empty(self.M, self.ksub, self.dsub)
         for k in range(self.M):
             points = self._split(x[sample], k).contiguous()

@@ -21,12 +21,32 @@ def norm_adj(train):
     return torch.sparse_coo_tensor(np.vstack([L.row, L.col]), L.data, L.shape).coalesce()
 
 
+class _RowNormGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, model):
+        ctx.model = model
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        m = ctx.model; b = m.row_beta
+        m.row_v.mul_(b).add_(g.pow(2).mean(1), alpha=1 - b); m.row_t += 1
+        vhat = m.row_v / (1 - b ** m.row_t)
+        return g / (vhat.sqrt().unsqueeze(1) + 1e-12).pow(m.row_power) * 1e-4, None
+
+
 def propagate(model, L, layers, nu):
     x = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
     if getattr(model, "log_scale", None) is not None:  # a learned scale per log2-degree bucket
         x = x * model.log_scale[model.bucket].exp().unsqueeze(-1)
+    if getattr(model, "grad_gate", None) is not None:
+        # forward unchanged; the gradient reaching the shared rows through ID i is scaled by gate[i]
+        g = model.grad_gate.unsqueeze(-1)
+        x = x * g + (x * (1 - g)).detach()
+    if getattr(model, "row_v", None) is not None:
+        x = _RowNormGrad.apply(x, model)  # each ID's gradient divided by its running RMS before the shared rows sum it
     if getattr(model, "fixed", None) is not None:
-        x = x + model.fixed  # a fixed (never trained) random row per ID, at xavier scale times --fixed
+        x = x + (model.fixed_log_scale.exp() * model.fixed if getattr(model, "fixed_log_scale", None) is not None else model.fixed)  # a fixed (never trained) random row per ID, at xavier scale times --fixed
     out = [x]
     for _ in range(layers):
         x = torch.sparse.mm(L, x); out.append(x)
@@ -47,6 +67,12 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--init-centroids", type=float, default=0.0)  # sub-embeddings start at the codes' centroids of the unit SVD rows, at this mean row norm
     p.add_argument("--learned-scale", action="store_true")  # a learned multiplier per log2(degree) bucket, users and items apart
+    p.add_argument("--grad-gate", type=float, default=0.0)  # scale ID i's gradient into the shared rows by n/(n + c mean n), c = this
+    p.add_argument("--gate-power", type=float, default=1.0)  # ... raised to this power
+    p.add_argument("--row-norm-grad", type=float, default=0.0)  # beta of a per-ID running mean of squared gradients; 0 = off
+    p.add_argument("--row-power", type=float, default=1.0)  # divide by RMS ** this
+    p.add_argument("--fixed-learned", action="store_true")  # the fixed random row gets one learned multiplier (log scale, starts at 0)
+    p.add_argument("--pq-degree-weight", type=float, default=0.0)  # svd_pq_cos codes from k-means weighted by degree ** this
     a = p.parse_args()
     torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
     train, valid, test = load(a.data); nu, ni = train.shape
@@ -66,6 +92,11 @@ def main():
             import codes_exp
             M = kw.get("M", 16)
             uc, ic = codes_exp.make2(a.codes, train, M, kw.get("ksub", 256), a.seed, 64)
+            given = {"user": uc, "item": ic}
+        if a.pq_degree_weight:
+            from urecjpq_plugin.codes import svd_pq_codes
+            uc, ic = svd_pq_codes(train, kw.get("M", 16), kw.get("ksub", 256), a.seed, 64, unit_rows=True,
+                                  degree_weight=a.pq_degree_weight)
             given = {"user": uc, "item": ic}
         apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train, codes=given)
     if a.init_centroids:
@@ -95,10 +126,18 @@ def main():
         b = np.floor(np.log2(np.maximum(deg, 1))).astype(np.int64); nb = int(b.max()) + 1
         b[nu:] += nb  # items' buckets apart from users'
         model.bucket = torch.from_numpy(b); model.log_scale = nn.Parameter(torch.zeros(2 * nb))
+    if a.grad_gate:
+        du = np.diff(train.tocsr().indptr).astype(np.float64); di = np.bincount(train.tocoo().col, minlength=ni).astype(np.float64)
+        gates = [(d / (d + a.grad_gate * d.mean())) ** a.gate_power for d in (du, di)]
+        model.grad_gate = torch.from_numpy(np.concatenate(gates)).float()
+    if a.row_norm_grad:
+        model.row_v = torch.zeros(nu + ni); model.row_t = 0; model.row_beta = a.row_norm_grad; model.row_power = a.row_power
     if a.fixed:
         g = torch.Generator().manual_seed(a.seed + 7)
         std = (2.0 / (nu + 64)) ** 0.5, (2.0 / (ni + 64)) ** 0.5
         model.fixed = a.fixed * torch.cat([torch.randn(nu, 64, generator=g) * std[0], torch.randn(ni, 64, generator=g) * std[1]])
+    if a.fixed and a.fixed_learned:
+        model.fixed_log_scale = nn.Parameter(torch.zeros(()))
     L = norm_adj(train)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     tr = train.tocoo(); U = torch.from_numpy(tr.row).long(); I = torch.from_numpy(tr.col).long(); n = len(U)
@@ -131,6 +170,8 @@ def main():
         elif ep - best_ep >= a.patience: break
     tr_, tn, _ = evaluate(state[0], state[1], train + valid, test)
     extra = {"log_scale": [round(v, 3) for v in model.log_scale.tolist()]} if a.learned_scale else {}
+    if getattr(model, "fixed_log_scale", None) is not None:
+        extra["fixed_scale"] = round(model.fixed_log_scale.exp().item(), 3)
     print(json.dumps(dict(args=vars(a), **extra, best_ep=best_ep, valid=best, test_recall=tr_, test_ndcg=tn)))
 
 if __name__ == "__main__":
