@@ -130,3 +130,23 @@ def test_recbole_auto_gives_ngcf_and_simplex_raw_factor_codes_on_sparse_data_and
     assert auto_codes_for_model(auto, BPR(), lambda: sparse).code_assign == "auto"  # -> svd_pq_cos
     asked = JPQConfig(code_assign="svd_pq_cos")
     assert auto_codes_for_model(asked, NGCF(), lambda: sparse) is asked  # an explicit choice stands
+
+
+def test_code_weight_reaches_the_k_means_of_svd_pq_codes_and_is_checked():
+    from urecjpq_plugin.codes import svd_pq_codes
+
+    rng = np.random.default_rng(1)
+    X = block_matrix()
+    X = sp.csr_matrix(X.multiply(rng.random(X.shape) < 0.5))  # uneven degrees
+    X.eliminate_zeros()
+    plain = assign_codes(JPQConfig(M=8, ksub=32, code_assign="svd_pq_cos", seed=3, dim=32), X)
+    cfg = JPQConfig.from_mapping({"jpq_M": 8, "jpq_ksub": 32, "jpq_code_assign": "svd_pq_cos", "jpq_code_weight": "2"}, seed=3)
+    weighted = assign_codes(cfg.for_dims([32]), X)
+    expected = svd_pq_codes(X, 8, 32, 3, 32, unit_rows=True, degree_weight=2.0)
+    assert torch.equal(weighted["item"], expected[1]) and torch.equal(weighted["user"], expected[0])
+    assert not torch.equal(weighted["item"], plain["item"])
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(JPQConfigError, match="jpq_code_weight"):
+            JPQConfig(code_weight=bad)
+    with pytest.raises(JPQConfigError, match="jpq_code_weight='heavy'"):
+        JPQConfig.from_mapping({"jpq_code_weight": "heavy"})

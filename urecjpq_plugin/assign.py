@@ -144,7 +144,8 @@ def assign_codes(
         user, item = svd_codes(inter, M, ksub, seed)
     elif how in ("svd_pq", "svd_pq_norm", "svd_pq_cos"):
         user, item = svd_pq_codes(inter, M, ksub, seed, rank=config.dim or M * DSUB_AUTO,
-                                  normalise=how == "svd_pq_norm", unit_rows=how == "svd_pq_cos")
+                                  normalise=how == "svd_pq_norm", unit_rows=how == "svd_pq_cos",
+                                  degree_weight=config.code_weight)
     elif item_features is None:
         raise JPQConfigError(f"jpq_code_assign={how!r} needs multimodal item features, which {host} does not "
                              "have; use svd or random")

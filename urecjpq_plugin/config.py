@@ -10,6 +10,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq_targets: [user, item] # which tables to compress (also: image, text)
     jpq_split_dropout: 0.1    # training: drop each split of a looked-up code at this rate
     jpq_degree_scale: auto    # scale each ID's row by its training degree: sqrt(n / (n + c * mean n)); 0 = off
+    jpq_code_weight: 0        # svd_pq* codes: the k-means weighs each ID by (training interactions) ** this; 0 = equal
     jpq_table_overrides: {item: {ksub: 512}}  # per-table M / ksub (by target), over the two keys above
 """
 
@@ -37,7 +38,7 @@ MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop her
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
 # jpq_* key is a typo and stops the run rather than training with a default.
 OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_degree_scale",
-               "jpq_tables", "jpq_table_overrides")
+               "jpq_code_weight", "jpq_tables", "jpq_table_overrides")
 OVERRIDE_KEYS = ("M", "ksub")  # what jpq_table_overrides may set per table
 
 
@@ -104,6 +105,7 @@ class JPQConfig:
     seed: int = 2020
     split_dropout: float = SPLIT_DROPOUT
     degree_scale: float | str = AUTO  # c of the degree scale (see assign.degree_scales); auto: by density
+    code_weight: float = 0.0  # svd_pq* codes: k-means weights IDs by degree ** code_weight (0: all alike)
     dim: int | None = None  # the tables' width, set by for_dims (svd_pq's SVD rank)
     # Per-target M / ksub, e.g. {"item": {"ksub": 512}} (torchrec's one config per table); stored as
     # sorted tuples so the config stays hashable.
@@ -136,6 +138,12 @@ class JPQConfig:
         ):
             raise JPQConfigError(
                 f"jpq_degree_scale={self.degree_scale!r} is invalid; it must be {AUTO!r} or a number >= 0 (0 turns it off)"
+            )
+        if isinstance(self.code_weight, bool) or not isinstance(self.code_weight, (int, float)) or not (
+            math.isfinite(self.code_weight) and self.code_weight >= 0
+        ):
+            raise JPQConfigError(
+                f"jpq_code_weight={self.code_weight!r} is invalid; it must be a number >= 0 (0 weighs every ID alike)"
             )
         targets = parse_list(self.targets)
         object.__setattr__(self, "targets", targets)
@@ -240,8 +248,15 @@ class JPQConfig:
                 degree_scale = float(degree_scale)
             except ValueError:
                 raise JPQConfigError(f"jpq_degree_scale={degree_scale!r} is not a number; use {AUTO!r} or a number >= 0") from None
+        code_weight = get("jpq_code_weight", cls.code_weight)
+        if isinstance(code_weight, str):
+            try:
+                code_weight = float(code_weight)
+            except ValueError:
+                raise JPQConfigError(f"jpq_code_weight={code_weight!r} is not a number; use a number >= 0") from None
         return cls(
             M=as_int("jpq_M", cls.M),
+            code_weight=code_weight,
             split_dropout=dropout,
             degree_scale=degree_scale,
             ksub=as_int("jpq_ksub", cls.ksub),
