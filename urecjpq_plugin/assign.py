@@ -143,6 +143,8 @@ def assign_codes(
     if how == "svd":
         user, item = svd_codes(inter, M, ksub, seed)
     elif how in ("svd_pq", "svd_pq_norm", "svd_pq_cos"):
+        if config.code_weight:
+            logger.info(f"urecjpq: {how} k-means weighs each ID by (training interactions) ** {config.code_weight:g}")
         user, item = svd_pq_codes(inter, M, ksub, seed, rank=config.dim or M * DSUB_AUTO,
                                   normalise=how == "svd_pq_norm", unit_rows=how == "svd_pq_cos",
                                   degree_weight=config.code_weight)
