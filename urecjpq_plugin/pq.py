@@ -122,7 +122,10 @@ class ProductQuantizer:
             cdf = weights.cumsum(0)
             if (weights.shape[0] != x.shape[0] or bool((weights < 0).any()) or not bool(torch.isfinite(cdf[-1]))
                     or float(cdf[-1]) <= 0):
-                raise JPQConfigError(f"weights must be {x.shape[0]} finite non-negative values, not all zero")
+                raise JPQConfigError(
+                    f"weights have {weights.shape[0]} values (min {float(weights.min()) if len(weights) else None}, "
+                    f"sum {float(cdf[-1]) if len(cdf) else None}); {x.shape[0]} vectors take {x.shape[0]} finite "
+                    "non-negative weights, not all zero")
             draws = torch.rand(min(x.shape[0], limit), generator=gen, dtype=torch.float64) * cdf[-1]
             sample = torch.searchsorted(cdf, draws, right=True).clamp_(max=x.shape[0] - 1)
         centroids = torch.empty(self.M, self.ksub, self.dsub)
