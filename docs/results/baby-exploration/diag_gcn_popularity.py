@@ -6,15 +6,7 @@ training degree. Reads the ego tables `harness_gcn.py --save` wrote (best valida
 import argparse, json
 import numpy as np, torch
 from harness import load
-from harness_gcn import norm_adj
-
-
-def final_rows(ego, L, layers, nu):
-    x = torch.cat(ego); out = [x]
-    for _ in range(layers):
-        x = torch.sparse.mm(L, x); out.append(x)
-    x = torch.stack(out).mean(0)
-    return x[:nu], x[nu:]
+from harness_gcn import norm_adj, propagate_rows
 
 
 def main():
@@ -28,7 +20,7 @@ def main():
     ilabels = ["<8", "8-15", "16-31", "32-63", "64-127", ">=128"]; ulabels = ["<4", "4-5", "6-9", ">=10"]
     t = test.tocsr(); users = np.unique(t.nonzero()[0])
     for path in a.tables:
-        uw, iw = final_rows(torch.load(path), L, a.layers, nu)
+        uw, iw = propagate_rows(torch.cat(torch.load(path)), L, a.layers, nu)
         hits_i = np.zeros(len(ilabels)); tot_i = np.zeros(len(ilabels)); rec_u = [[] for _ in ulabels]
         tops = []
         with torch.no_grad():

@@ -47,6 +47,11 @@ def propagate(model, L, layers, nu):
         x = _RowNormGrad.apply(x, model)  # each ID's gradient divided by its running RMS before the shared rows sum it
     if getattr(model, "fixed", None) is not None:
         x = x + (model.fixed_log_scale.exp() * model.fixed if getattr(model, "fixed_log_scale", None) is not None else model.fixed)  # a fixed (never trained) random row per ID, at xavier scale times --fixed
+    return propagate_rows(x, L, layers, nu)
+
+
+def propagate_rows(x, L, layers, nu):
+    """LightGCN's final rows: the mean of ``x`` (users then items) and its ``layers`` propagations by ``L``."""
     out = [x]
     for _ in range(layers):
         x = torch.sparse.mm(L, x); out.append(x)
