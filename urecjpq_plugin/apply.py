@@ -15,6 +15,7 @@ anything changes.
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -268,14 +269,21 @@ def jpq_state_dict(model: nn.Module) -> dict:
             "padding_idx": module.padding_idx, "split_dropout": module.split_dropout,
             "codes": module.codes.detach(), "sub_embeddings": module.sub_embeddings.detach(),
             **({} if module.row_scale is None else {"row_scale": module.row_scale.detach()}),
+            **({} if module.row_log_length is None else {"row_log_length": module.row_log_length.detach()}),
         })
     return {"format": STATE_FORMAT, "tables": tables}
 
 
 def _load_row_scale(module: JPQEmbedding, entry: Mapping, path: str) -> None:
+    """The entry's optional per-ID row scale and unit-row length (both absent: neither)."""
     try:
         module.set_row_scale(entry.get("row_scale"))
-    except JPQConfigError as err:
+        log_length = entry.get("row_log_length")
+        trainable = module.sub_embeddings.requires_grad
+        module.set_unit_rows(None if log_length is None else math.exp(float(log_length)))
+        if module.row_log_length is not None:
+            module.row_log_length.requires_grad_(trainable)
+    except (JPQConfigError, TypeError, ValueError, OverflowError) as err:
         raise JPQCheckpointError(f"checkpoint table {path!r}: {err}") from None
 
 

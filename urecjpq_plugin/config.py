@@ -11,6 +11,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq_split_dropout: 0.1    # training: drop each split of a looked-up code at this rate
     jpq_degree_scale: auto    # scale each ID's row by its training degree: sqrt(n / (n + c * mean n)); 0 = off
     jpq_code_weight: 0        # svd_pq* codes: the k-means weighs each ID by (training interactions) ** this; 0 = equal
+    jpq_unit_rows: false      # decode each row at unit length times one learned length per table
     jpq_table_overrides: {item: {ksub: 512}}  # per-table M / ksub (by target), over the two keys above
 """
 
@@ -38,7 +39,7 @@ MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop her
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
 # jpq_* key is a typo and stops the run rather than training with a default.
 OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_degree_scale",
-               "jpq_code_weight", "jpq_tables", "jpq_table_overrides")
+               "jpq_code_weight", "jpq_unit_rows", "jpq_tables", "jpq_table_overrides")
 OVERRIDE_KEYS = ("M", "ksub")  # what jpq_table_overrides may set per table
 
 
@@ -106,6 +107,7 @@ class JPQConfig:
     split_dropout: float = SPLIT_DROPOUT
     degree_scale: float | str = AUTO  # c of the degree scale (see assign.degree_scales); auto: by density
     code_weight: float = 0.0  # svd_pq* codes: k-means weights IDs by degree ** code_weight (0: all alike)
+    unit_rows: bool = False  # decoded rows at unit length times one learned length per table (JPQEmbedding.set_unit_rows)
     dim: int | None = None  # the tables' width, set by for_dims (svd_pq's SVD rank)
     # Per-target M / ksub, e.g. {"item": {"ksub": 512}} (torchrec's one config per table); stored as
     # sorted tuples so the config stays hashable.
@@ -145,6 +147,8 @@ class JPQConfig:
             raise JPQConfigError(
                 f"jpq_code_weight={self.code_weight!r} is invalid; it must be a number >= 0 (0 weighs every ID alike)"
             )
+        if not isinstance(self.unit_rows, bool):
+            raise JPQConfigError(f"jpq_unit_rows={self.unit_rows!r} is invalid; it must be true or false")
         targets = parse_list(self.targets)
         object.__setattr__(self, "targets", targets)
         if not targets:
@@ -257,6 +261,7 @@ class JPQConfig:
         return cls(
             M=as_int("jpq_M", cls.M),
             code_weight=code_weight,
+            unit_rows=parse_bool(get("jpq_unit_rows", cls.unit_rows), "jpq_unit_rows"),
             split_dropout=dropout,
             degree_scale=degree_scale,
             ksub=as_int("jpq_ksub", cls.ksub),

@@ -13,6 +13,7 @@ faiss is an optional dependency: ``pip install urecjpq_plugin[faiss]`` (faiss-cp
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any, Sequence
@@ -57,6 +58,9 @@ def to_faiss_index(
         if table.row_scale is not None:
             raise ExportError("this table has a per-ID row scale (jpq_degree_scale), which a faiss IndexPQ cannot "
                               "hold; serve it with JPQEmbedding.topk, or train with jpq_degree_scale: 0")
+        if table.row_log_length is not None:
+            raise ExportError("this table decodes unit-length rows (jpq_unit_rows), which a faiss IndexPQ cannot "
+                              "hold; serve it with JPQEmbedding.topk, or train with jpq_unit_rows: false")
         codes, sub_embeddings = table.codes, table.sub_embeddings
     if codes is None or sub_embeddings is None:
         raise ExportError("give a JPQEmbedding, or both codes [N, M] and sub_embeddings [M, ksub, dsub]")
@@ -83,6 +87,8 @@ def load_table(checkpoint: str, name: str) -> JPQEmbedding:
         raise ExportError(f"--table {name!r} is not a JPQ table of {checkpoint!r}; JPQ tables there: {tables or 'none'}")
     table = JPQEmbedding.from_centroids(state[f"{name}.codes"], state[f"{name}.sub_embeddings"])
     table.set_row_scale(state.get(f"{name}.row_scale"))
+    if f"{name}.row_log_length" in state:
+        table.set_unit_rows(math.exp(float(state[f"{name}.row_log_length"])))
     return table
 
 

@@ -307,7 +307,7 @@ class SwapRecord:
             ref.shape[0],
             ref.shape[1],
             table.numel() if trainable else 0,
-            new.sub_embeddings.numel() if trainable else 0,
+            new.trainable_count() if trainable else 0,
             table.numel() * table.element_size(),
             new.compact_bytes(),
         )
@@ -383,6 +383,8 @@ def build_jpq_tables(
             table, codes[ref.entity].to(table.device), settings[ref.entity].ksub, padding_idx, config.split_dropout,
         )
         new.set_row_scale(scales.get(ref.entity))
+        if config.unit_rows:
+            new.set_unit_rows()
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
     return built
 

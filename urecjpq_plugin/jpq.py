@@ -6,6 +6,8 @@ learned ``C [M, ksub, dsub]`` (the only Parameter), ``dsub = d / M``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,6 +80,12 @@ class JPQEmbedding(nn.Module):
     Shared sub-embeddings give an ID seen once the same norm as a popular one; an uncompressed table
     keeps such rows near their small initial values, which is the popularity prior the scale restores.
 
+    Optional unit rows (:meth:`set_unit_rows`): each decoded row scaled to unit length times one learned
+    length per table (a scalar parameter, kept as its log), before the row scale. Shared sub-embeddings
+    otherwise lower a sparse catalogue's training loss by growing the norms of the rows that many IDs
+    share, which ranks the popular items above the rest: with unit rows LightGCN on Amazon Baby keeps
+    the mid-popular items (docs/benchmarks.md, "Sparse catalogues", eleventh round).
+
     Decoded tables and faiss's scan structures are kept in one :class:`~urecjpq_plugin.decode_cache.DecodeCache`
     per module (one size limit in bytes, moved on by optimizer steps, ``load_state_dict``, ``.to()``
     and in-place writes): call :meth:`invalidate_cache` after writing through ``.data`` outside an
@@ -106,6 +114,7 @@ class JPQEmbedding(nn.Module):
         self.sub_embeddings = nn.Parameter(torch.empty(M, ksub, self.dsub))
         nn.init.uniform_(self.sub_embeddings, -0.05, 0.05)  # RecJPQ's default
         self.register_buffer("row_scale", None)  # optional uint8 [num_embeddings]; see set_row_scale
+        self.register_parameter("row_log_length", None)  # optional 0-dim; see set_unit_rows
         self._cache = DecodeCache(self, JPQEmbedding._weight_stamp)
 
     def invalidate_cache(self) -> None:
@@ -127,6 +136,39 @@ class JPQEmbedding(nn.Module):
             scale = scale.mul(255).round_()
         self.row_scale = scale.to(device=self.codes.device, dtype=torch.uint8)
 
+    def set_unit_rows(self, length: float | None = 1.0) -> None:
+        """Decode every row to unit length times one learned ``length`` (> 0) shared by the table; ``None``
+        turns it off. Call before the optimizer is built: it adds a parameter (trainable with the
+        sub-embeddings)."""
+        if length is None:
+            self.row_log_length = None
+        else:
+            if isinstance(length, bool) or not isinstance(length, (int, float)) or not math.isfinite(length) or length <= 0:
+                raise JPQConfigError(f"unit row length {length!r} is invalid; it must be a finite number > 0")
+            sub = self.sub_embeddings
+            self.row_log_length = nn.Parameter(torch.tensor(math.log(length), device=sub.device, dtype=sub.dtype),
+                                               requires_grad=sub.requires_grad)
+        self._cache.invalidate()
+
+    def _unit(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows [n, d]`` at unit length times the learned length, when the table has unit rows."""
+        if self.row_log_length is None:
+            return rows
+        return F.normalize(rows, dim=-1) * self.row_log_length.exp()
+
+    def _code_lengths(self) -> torch.Tensor:
+        """``[num_embeddings]`` norms of the decoded rows before unit scaling, from the codes alone."""
+        sq = self.sub_embeddings.pow(2).sum(-1).reshape(-1)  # [M * ksub] squared norms of the sub-embeddings
+        return sq.index_select(0, self._flat_rows(self.codes)).view(-1, self.M).sum(1).sqrt()
+
+    def _multipliers(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """``[num_embeddings, 1]`` multipliers of the raw decoded rows (unit rows, row scale), or ``None``."""
+        scale = self._row_scale_of(None, dtype)
+        if self.row_log_length is None:
+            return scale
+        unit = (self.row_log_length.exp() / self._code_lengths().clamp_min(1e-12)).to(dtype).unsqueeze(-1)
+        return unit if scale is None else unit * scale
+
     def _row_scale_of(self, ids: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         """``[n, 1]`` multipliers of ``ids`` (all rows when ``None``), or ``None`` without a row scale."""
         if self.row_scale is None:
@@ -139,6 +181,8 @@ class JPQEmbedding(nn.Module):
         key = prefix + "row_scale"
         if self.row_scale is None and key in state_dict:
             self.row_scale = torch.zeros(self.num_embeddings, dtype=torch.uint8, device=self.codes.device)
+        if self.row_log_length is None and prefix + "row_log_length" in state_dict:
+            self.set_unit_rows(1.0)  # a checkpoint trained with unit rows; its length is copied in below
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._cache.invalidate()
 
@@ -192,8 +236,9 @@ class JPQEmbedding(nn.Module):
         return codes.reshape(-1, self.M).to(torch.int64, copy=True).add_(self.offsets).reshape(-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings; a row scale belongs to ids, not codes)."""
-        return self._gather(codes, None).view(*codes.shape[:-1], self.embedding_dim)
+        """``codes [..., M]`` -> vectors ``[..., d]`` (concatenated sub-embeddings, at unit length times the learned
+        length with unit rows; a row scale belongs to ids, not codes)."""
+        return self._unit(self._gather(codes, None)).view(*codes.shape[:-1], self.embedding_dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [...]`` -> ``[..., d]``: gathers the rows asked for, or reads a decoded table where
@@ -212,7 +257,7 @@ class JPQEmbedding(nn.Module):
         else:
             is_padding = None if self.padding_idx is None else flat_ids == self.padding_idx
             # index_select: ~5x faster than codes[ids]
-            rows = self._gather(self.codes.index_select(0, flat_ids), is_padding)
+            rows = self._unit(self._gather(self.codes.index_select(0, flat_ids), is_padding))
             scale = self._row_scale_of(flat_ids, rows.dtype)
             rows = rows if scale is None else rows * scale
         return self._drop_splits(rows).view(*ids.shape, self.embedding_dim)
@@ -242,7 +287,7 @@ class JPQEmbedding(nn.Module):
         is_padding = None
         if self.padding_idx is not None:
             is_padding = torch.arange(self.num_embeddings, device=self.codes.device) == self.padding_idx
-        rows = self._gather(self.codes, is_padding)
+        rows = self._unit(self._gather(self.codes, is_padding))
         scale = self._row_scale_of(None, rows.dtype)
         return rows if scale is None else rows * scale
 
@@ -304,7 +349,9 @@ class JPQEmbedding(nn.Module):
         # data_ptr/dtype catch replaced storage (.data = ...).
         sub, codes, scale = self._parameters["sub_embeddings"], self._buffers["codes"], self._buffers["row_scale"]
         scale_stamp = None if scale is None else (scale._version, scale.data_ptr())
-        return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr(), scale_stamp)
+        length = self._parameters["row_log_length"]
+        length_stamp = None if length is None else (length._version, length.data_ptr())
+        return (sub._version, sub.data_ptr(), sub.dtype, codes._version, codes.data_ptr(), scale_stamp, length_stamp)
 
     def __getstate__(self) -> dict:
         # The cache is derived state (a per-step table carries an autograd graph: no copy, no pickle).
@@ -332,7 +379,7 @@ class JPQEmbedding(nn.Module):
             if table is not None:
                 return queries.to(table.dtype) @ table.T
         scores = scores_from_codes(queries, self.sub_embeddings, self.codes, self.padding_idx)
-        scale = self._row_scale_of(None, scores.dtype)
+        scale = self._multipliers(scores.dtype)
         return scores if scale is None else scores * scale.view(*([1] * (scores.dim() - 1)), -1)
 
     def topk(self, queries: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,13 +387,20 @@ class JPQEmbedding(nn.Module):
         ``exclude``d item; bounded memory (faiss/torch scan or chunked matmul, see ``topk_from_codes``)."""
         from urecjpq_plugin.topk import topk_from_codes
 
+        with torch.no_grad():
+            multipliers = self._multipliers(self.sub_embeddings.dtype)
         return topk_from_codes(queries, self.sub_embeddings, self.codes, k, exclude=exclude, padding_idx=self.padding_idx,
-                               row_scale=self._row_scale_of(None, self.sub_embeddings.dtype), cache=self._cache)
+                               row_scale=multipliers, cache=self._cache)
 
     # -- sizes ----------------------------------------------------------------------------------
+    def trainable_count(self) -> int:
+        """Parameters this table trains: the sub-embeddings, plus the unit rows' length."""
+        return self.sub_embeddings.numel() + (0 if self.row_log_length is None else 1)
+
     def compact_bytes(self) -> int:
         """Bytes of codes plus sub-embeddings (what the checkpoint stores)."""
         scale_bytes = 0 if self.row_scale is None else self.row_scale.numel()
+        scale_bytes += 0 if self.row_log_length is None else self.row_log_length.element_size()
         return (self.codes.numel() * self.codes.element_size() + scale_bytes
                 + self.sub_embeddings.numel() * self.sub_embeddings.element_size())
 
@@ -354,6 +408,7 @@ class JPQEmbedding(nn.Module):
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         pad += f", split_dropout={self.split_dropout:g}" if self.split_dropout else ""
         pad += ", row_scale" if self.row_scale is not None else ""
+        pad += ", unit_rows" if self.row_log_length is not None else ""
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, M={self.M}, ksub={self.ksub}, "
             f"codes={str(self.codes.dtype).replace('torch.', '')}{pad}"

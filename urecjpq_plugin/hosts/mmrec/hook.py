@@ -171,6 +171,8 @@ def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfi
     scales = row_scales()
     if scales:
         new.set_row_scale(torch.cat([scales["user"], scales["item"]]))
+    if jcfg.unit_rows:
+        new.set_unit_rows()
     return ref, new, SwapRecord.of(ref, "user+item", table, new)
 
 

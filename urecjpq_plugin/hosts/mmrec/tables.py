@@ -101,7 +101,7 @@ def table_parameters(model: nn.Module, n_users: int, n_items: int, config: Any =
     id_names = {n for p in paths for n in (p, f"{p}.weight")}
     for name in jpq_modules(model):  # compressed tables: <path>.sub_embeddings or <path>_jpq.sub_embeddings
         if name not in FEATURE_TABLES.values():
-            id_names.add(f"{name}.sub_embeddings")
+            id_names.update((f"{name}.sub_embeddings", f"{name}.row_log_length"))
     feature_prefixes = tuple(f"{n}." for n in FEATURE_TABLES.values())
     # A Parameter may be registered under several names (DualGNN's forward stores t_gcn.preference
     # as self.t_preference too); classify it by all of them, count it once.

@@ -164,6 +164,8 @@ def compress_context_model(model: nn.Module, config: Any, dataset: Any, jcfg: JP
                                            {e: c.ksub for e, c in per_entity.items()}, jcfg.split_dropout)
         for r, part in zip(new.ranges, new.parts):
             part.set_row_scale(scales.get(r.entity))
+            if jcfg.unit_rows:
+                part.set_unit_rows()
         built.append((table.path, new))
         records += _records(table.path, plain, new)
     for path, new in built:
@@ -179,7 +181,7 @@ def _records(path: str, plain: nn.Embedding, new: RowRangeEmbedding) -> list[Swa
     width, size = plain.embedding_dim, plain.weight.element_size()
     return [
         SwapRecord(f"{path}[{r.start}:{r.stop}]", r.entity, r.rows, width,
-                   r.rows * width if trainable else 0, part.sub_embeddings.numel() if trainable else 0,
+                   r.rows * width if trainable else 0, part.trainable_count() if trainable else 0,
                    r.rows * width * size, part.compact_bytes())
         for r, part in zip(new.ranges, new.parts)
     ]
