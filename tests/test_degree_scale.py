@@ -131,7 +131,8 @@ def test_row_scale_survives_both_checkpoint_paths():
     bare.load_state_dict({k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)})
     bare.eval()
     assert torch.allclose(bare.weight, model.item_embedding.weight)
-    assert bare.compact_bytes() == 200 * 4 + 200 + 16 * 16 * 4  # codes, scale levels, float32 sub-embeddings
+    # codes, scale levels, float32 sub-embeddings and the unit rows' length (auto: on for this sparse data)
+    assert bare.compact_bytes() == 200 * 4 + 200 + 16 * 16 * 4 + 4
 
 
 def test_hosts_apply_auto_only_to_dot_product_models():

@@ -2,11 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from torch import nn
 
 from urecjpq_plugin import JPQConfig, JPQEmbedding, apply_jpq, jpq_state_dict, load_jpq
+from urecjpq_plugin.assign import resolve_unit_rows
 from urecjpq_plugin.codes import random_codes
 from urecjpq_plugin.config import JPQConfigError
 from urecjpq_plugin.export import ExportError, to_faiss_index
@@ -83,8 +86,9 @@ def test_bad_lengths_and_options_are_refused(bad):
 
 def test_the_option_is_read_from_host_configs_and_checked():
     assert JPQConfig.from_mapping({"jpq_unit_rows": "true"}).unit_rows is True
-    assert JPQConfig.from_mapping({}).unit_rows is False
-    with pytest.raises(JPQConfigError, match="jpq_unit_rows='sometimes'") as err:
+    assert JPQConfig.from_mapping({"jpq_unit_rows": False}).unit_rows is False
+    assert JPQConfig.from_mapping({}).unit_rows == "auto" == JPQConfig.from_mapping({"jpq_unit_rows": "Auto"}).unit_rows
+    with pytest.raises(JPQConfigError, match="jpq_unit_rows='sometimes' is invalid; use true, false or 'auto'") as err:
         JPQConfig.from_mapping({"jpq_unit_rows": "sometimes"})
     assert "\n" not in str(err.value)
     with pytest.raises(JPQConfigError, match="jpq_unit_rows"):
@@ -111,9 +115,43 @@ def test_apply_jpq_gives_unit_rows_and_both_checkpoint_paths_keep_the_length():
     bare.load_state_dict({k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)})
     bare.eval()
     assert torch.allclose(bare.weight, model.item_embedding.weight)
-    plain = MF()
+    plain = MF()  # auto without training interactions: nothing says the data is sparse
     apply_jpq(plain, JPQConfig(M=4, ksub=8, code_assign="random"), counts={"user": 40, "item": 30})
     assert plain.item_embedding.row_log_length is None
+
+
+def sparse_matrix(n_users=300, n_items=200, per_user=3, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_users), per_user)
+    cols = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+
+
+def test_auto_follows_density_and_an_explicit_choice_stands():
+    sparse = sparse_matrix()
+    dense = sp.csr_matrix((np.random.default_rng(0).random((100, 80)) < 0.5).astype(np.float32))
+    assert resolve_unit_rows(JPQConfig(), sparse) is True
+    assert resolve_unit_rows(JPQConfig(), dense) is False
+    assert resolve_unit_rows(JPQConfig(), None) is False
+    assert resolve_unit_rows(JPQConfig(unit_rows=True), dense) is True
+    assert resolve_unit_rows(JPQConfig(unit_rows=False), sparse) is False
+    model = MF(300, 200)
+    apply_jpq(model, JPQConfig(M=4, ksub=16), counts={"user": 300, "item": 200}, interactions=sparse)
+    assert model.user_embedding.row_log_length is not None and model.item_embedding.row_log_length is not None
+
+
+def test_hosts_apply_auto_only_to_the_models_measured():
+    from urecjpq_plugin.hosts.base import unit_rows_for_model
+    from urecjpq_plugin.hosts.mmrec.hook import UNIT_ROW_MODELS as MMREC_MODELS
+    from urecjpq_plugin.hosts.recbole.hook import UNIT_ROW_MODELS
+
+    inter = sparse_matrix()
+    BPR, NGCF = type("BPR", (nn.Module,), {}), type("NGCF", (nn.Module,), {})
+    Wrapped = type("BPR", (BPR,), {})  # the hosts' same-named subclass
+    for models in (UNIT_ROW_MODELS, MMREC_MODELS):
+        for model, on in ((BPR(), True), (Wrapped(), True), (NGCF(), False)):
+            assert unit_rows_for_model(JPQConfig(), lambda: inter, model, models).unit_rows is on
+        assert unit_rows_for_model(JPQConfig(unit_rows=True), lambda: inter, NGCF(), models).unit_rows is True
 
 
 def test_faiss_export_refuses_unit_rows():

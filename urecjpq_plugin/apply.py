@@ -18,13 +18,13 @@ import functools
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from urecjpq_plugin.assign import assign_codes, degree_scales
+from urecjpq_plugin.assign import assign_codes, degree_scales, resolve_unit_rows
 from urecjpq_plugin.codes import as_codes
 from urecjpq_plugin.config import ID_TARGETS, JPQConfig, JPQConfigError, URecJPQError
 from urecjpq_plugin.inject import (
@@ -227,6 +227,7 @@ def apply_jpq(
             f"{type(model).__name__} (its tables' row counts: {rows}); give the tables' row counts"
         )
     config = config.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
+    config = replace(config, unit_rows=resolve_unit_rows(config, interactions))
     entities = list(dict.fromkeys(r.entity for r in refs))
     if codes is not None:
         by_entity, how = functools.cache(lambda: _given_codes(codes, counts, entities, config)), "given"

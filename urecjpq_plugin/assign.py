@@ -72,6 +72,26 @@ def resolve_degree_scale(config: JPQConfig, interactions: Any, dot_product_model
     return DEGREE_SCALE if sparse and dot_product_model else 0.0
 
 
+def resolve_unit_rows(config: JPQConfig, interactions: Any, known_model: bool = True) -> bool:
+    """Whether the tables decode unit rows (:meth:`~urecjpq_plugin.jpq.JPQEmbedding.set_unit_rows`).
+
+    ``auto``: on sparse training data (below ``SPARSE_DEGREE`` interactions per ID) for the models the host
+    measured (``known_model``). There shared sub-embeddings otherwise lower the training loss by growing
+    the rows many IDs share, and the model ranks the popular items above the rest; dense data keeps
+    plain rows, so its measured numbers stand.
+    """
+    if config.unit_rows != AUTO:
+        return bool(config.unit_rows)
+    if interactions is None or not known_model:
+        return False
+    per_id = interactions_per_id(interactions)
+    if per_id >= SPARSE_DEGREE:
+        return False
+    logger.info(f"urecjpq: unit rows (each decoded row at unit length times a learned length per table; "
+                f"{per_id:.1f} training interactions per ID, below {SPARSE_DEGREE:g})")
+    return True
+
+
 def degree_scales(config: JPQConfig, interactions: Any, dot_product_model: bool = True) -> dict[str, torch.Tensor]:
     """Per-ID row scales ``{"user": [n_users], "item": [n_items]}`` in [0, 1], or ``{}`` when off.
 

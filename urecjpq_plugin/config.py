@@ -11,7 +11,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq_split_dropout: 0.1    # training: drop each split of a looked-up code at this rate
     jpq_degree_scale: auto    # scale each ID's row by its training degree: sqrt(n / (n + c * mean n)); 0 = off
     jpq_code_weight: 0        # svd_pq* codes: the k-means weighs each ID by (training interactions) ** this; 0 = equal
-    jpq_unit_rows: false      # decode each row at unit length times one learned length per table
+    jpq_unit_rows: auto       # decode each row at unit length times one learned length per table (auto: sparse data)
     jpq_table_overrides: {item: {ksub: 512}}  # per-table M / ksub (by target), over the two keys above
 """
 
@@ -71,6 +71,15 @@ def auto_M(dim: int) -> int:
     return next(m for m in range(1, dim + 1) if dim % m == 0 and dim // m <= DSUB_AUTO)
 
 
+def _bool_or_auto(key: str, value: Any) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return parse_bool(value, key)
+    except JPQConfigError:
+        raise JPQConfigError(f"{key}={value!r} is invalid; use true, false or {AUTO!r}") from None
+
+
 def parse_bool(value: Any, key: str = "jpq") -> bool:
     """Read a YAML/CLI boolean (``true``, ``True``, ``1``, ``yes`` ...)."""
     if isinstance(value, bool):
@@ -107,7 +116,7 @@ class JPQConfig:
     split_dropout: float = SPLIT_DROPOUT
     degree_scale: float | str = AUTO  # c of the degree scale (see assign.degree_scales); auto: by density
     code_weight: float = 0.0  # svd_pq* codes: k-means weights IDs by degree ** code_weight (0: all alike)
-    unit_rows: bool = False  # decoded rows at unit length times one learned length per table (JPQEmbedding.set_unit_rows)
+    unit_rows: bool | str = AUTO  # rows at unit length times one learned length per table; auto: by density and model
     dim: int | None = None  # the tables' width, set by for_dims (svd_pq's SVD rank)
     # Per-target M / ksub, e.g. {"item": {"ksub": 512}} (torchrec's one config per table); stored as
     # sorted tuples so the config stays hashable.
@@ -147,8 +156,10 @@ class JPQConfig:
             raise JPQConfigError(
                 f"jpq_code_weight={self.code_weight!r} is invalid; it must be a number >= 0 (0 weighs every ID alike)"
             )
-        if not isinstance(self.unit_rows, bool):
-            raise JPQConfigError(f"jpq_unit_rows={self.unit_rows!r} is invalid; it must be true or false")
+        if isinstance(self.unit_rows, str) and self.unit_rows.strip().lower() == AUTO:
+            object.__setattr__(self, "unit_rows", AUTO)
+        elif not isinstance(self.unit_rows, bool):
+            raise JPQConfigError(f"jpq_unit_rows={self.unit_rows!r} is invalid; it must be true, false or {AUTO!r}")
         targets = parse_list(self.targets)
         object.__setattr__(self, "targets", targets)
         if not targets:
@@ -261,7 +272,7 @@ class JPQConfig:
         return cls(
             M=as_int("jpq_M", cls.M),
             code_weight=code_weight,
-            unit_rows=parse_bool(get("jpq_unit_rows", cls.unit_rows), "jpq_unit_rows"),
+            unit_rows=_bool_or_auto("jpq_unit_rows", get("jpq_unit_rows", cls.unit_rows)),
             split_dropout=dropout,
             degree_scale=degree_scale,
             ksub=as_int("jpq_ksub", cls.ksub),

@@ -383,7 +383,7 @@ def build_jpq_tables(
             table, codes[ref.entity].to(table.device), settings[ref.entity].ksub, padding_idx, config.split_dropout,
         )
         new.set_row_scale(scales.get(ref.entity))
-        if config.unit_rows:
+        if config.unit_rows is True:  # auto is resolved by the caller (it knows the data and the model)
             new.set_unit_rows()
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
     return built

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import functools
+from dataclasses import replace
 from logging import getLogger
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 
 from urecjpq_plugin.apply import JPQCheckpointError, is_building_for_load
-from urecjpq_plugin.assign import degree_scales
+from urecjpq_plugin.assign import degree_scales, resolve_unit_rows
 from urecjpq_plugin.codes import code_dtype
-from urecjpq_plugin.config import JPQConfig, JPQConfigError, jpq_enabled
+from urecjpq_plugin.config import AUTO, JPQConfig, JPQConfigError, jpq_enabled
 from urecjpq_plugin.inject import (
     SwapRecord,
     TableRef,
@@ -248,6 +249,17 @@ def row_scales_source(jcfg: JPQConfig, interactions: Callable[[], Any], model: n
     known = model_is(model, dot_product_models)
     placeholder = is_building_for_load()
     return functools.cache(lambda: {} if placeholder else degree_scales(jcfg, interactions(), known))  # once per model
+
+
+def unit_rows_for_model(jcfg: JPQConfig, interactions: Callable[[], Any], model: nn.Module,
+                        measured_models: Iterable[str] = ()) -> JPQConfig:
+    """``jcfg`` with ``jpq_unit_rows`` resolved for ``model``: ``auto`` is on for the host's ``measured_models``
+    (class names) on sparse data; building for a checkpoint load it stays off (the checkpoint brings it)."""
+    if jcfg.unit_rows != AUTO:
+        return jcfg
+    if is_building_for_load() or not model_is(model, measured_models):
+        return replace(jcfg, unit_rows=False)
+    return replace(jcfg, unit_rows=resolve_unit_rows(jcfg, interactions()))
 
 
 def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: int, extra: Iterable[str] = ()) -> None:

@@ -37,6 +37,8 @@ class _RowNormGrad(torch.autograd.Function):
 
 def propagate(model, L, layers, nu):
     x = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    if getattr(model, "unit_log_scale", None) is not None:  # rows of one learned length per side: direction only per ID
+        x = F.normalize(x, dim=1) * torch.cat([model.unit_log_scale[0].exp().expand(nu), model.unit_log_scale[1].exp().expand(len(x) - nu)]).unsqueeze(1)
     if getattr(model, "log_scale", None) is not None:  # a learned scale per log2-degree bucket
         x = x * model.log_scale[model.bucket].exp().unsqueeze(-1)
     if getattr(model, "grad_gate", None) is not None:
@@ -47,6 +49,8 @@ def propagate(model, L, layers, nu):
         x = _RowNormGrad.apply(x, model)  # each ID's gradient divided by its running RMS before the shared rows sum it
     if getattr(model, "fixed", None) is not None:
         x = x + (model.fixed_log_scale.exp() * model.fixed if getattr(model, "fixed_log_scale", None) is not None else model.fixed)  # a fixed (never trained) random row per ID, at xavier scale times --fixed
+    if getattr(model, "private", None) is not None:  # the head's own residual rows on top of their decoded rows
+        x = x.index_add(0, model.private_idx, model.private)
     return propagate_rows(x, L, layers, nu)
 
 
@@ -78,6 +82,10 @@ def main():
     p.add_argument("--row-power", type=float, default=1.0)  # divide by RMS ** this
     p.add_argument("--fixed-learned", action="store_true")  # the fixed random row gets one learned multiplier (log scale, starts at 0)
     p.add_argument("--pq-degree-weight", type=float, default=0.0)  # svd_pq_cos codes from k-means weighted by degree ** this
+    p.add_argument("--private-top", type=int, default=0)  # a private residual row (zero start) for the K most-seen IDs per side
+    p.add_argument("--neg-power", type=float, default=0.0)  # negatives drawn in proportion to item degree ** this (0 = uniform, BPR's)
+    p.add_argument("--unit-rows", type=float, default=0.0)  # each ID's row scaled to unit length times a learned per-side scale started at this
+    p.add_argument("--private-sides", default="item")  # item | user | user+item
     a = p.parse_args()
     torch.manual_seed(a.seed); np.random.seed(a.seed); torch.set_num_threads(1)
     train, valid, test = load(a.data); nu, ni = train.shape
@@ -87,6 +95,8 @@ def main():
         for kv in a.jpq.split(","):
             if kv:
                 k, v = kv.split("=")
+                if v.lower() in ("true", "false"):
+                    kw[k] = v.lower() == "true"; continue
                 for cast in (int, float, str):
                     try:
                         kw[k] = cast(v); break
@@ -143,16 +153,28 @@ def main():
         model.fixed = a.fixed * torch.cat([torch.randn(nu, 64, generator=g) * std[0], torch.randn(ni, 64, generator=g) * std[1]])
     if a.fixed and a.fixed_learned:
         model.fixed_log_scale = nn.Parameter(torch.zeros(()))
+    if a.unit_rows:
+        model.unit_log_scale = nn.Parameter(torch.full((2,), float(np.log(a.unit_rows))))
+    if a.private_top:
+        du = np.diff(train.tocsr().indptr); di = np.bincount(train.tocoo().col, minlength=ni)
+        idx = [np.argsort(-d, kind="stable")[:a.private_top] + off
+               for side, d, off in (("user", du, 0), ("item", di, nu)) if side in a.private_sides.split("+")]
+        model.private_idx = torch.from_numpy(np.concatenate(idx)).long()
+        model.private = nn.Parameter(torch.zeros(len(model.private_idx), 64))
     L = norm_adj(train)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     tr = train.tocoo(); U = torch.from_numpy(tr.row).long(); I = torch.from_numpy(tr.col).long(); n = len(U)
+    neg_p = None
+    if a.neg_power:
+        neg_p = torch.from_numpy(np.bincount(train.tocoo().col, minlength=ni).astype(np.float64) ** a.neg_power).float()
     gen = torch.Generator().manual_seed(a.seed); best, best_ep = -1, 0; t0 = time.time()
     if a.ptq:  # the start itself, as epoch -1
         with torch.no_grad(): uw, iw = propagate(model, L, a.layers, nu)
         r, nd, _ = evaluate(uw, iw, train, valid); best, best_ep, state = r, -1, (uw.clone(), iw.clone())
         print(f"ep -1 valid R@20 {r:.4f} N@20 {nd:.4f} norm u {uw.norm(dim=1).mean():.3f} i {iw.norm(dim=1).mean():.3f}", flush=True)
     for ep in range(a.epochs):
-        model.train(); perm = torch.randperm(n, generator=gen); neg_all = torch.randint(0, ni, (n,), generator=gen); tot = 0
+        model.train(); perm = torch.randperm(n, generator=gen); neg_all = (torch.randint(0, ni, (n,), generator=gen) if neg_p is None
+                                                             else torch.multinomial(neg_p, n, replacement=True, generator=gen)); tot = 0
         for s in range(0, n, 2048):
             idx = perm[s:s + 2048]; u, i, j = U[idx], I[idx], neg_all[idx]
             ue_all, ie_all = propagate(model, L, a.layers, nu)

@@ -37,7 +37,7 @@ from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
 from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
-from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source, unit_rows_for_model,
                    wrap_model_class)
 from urecjpq_plugin.hosts.full_sort import route_full_sort
 from urecjpq_plugin.hosts.mmrec.args import overrides_from_argv
@@ -98,6 +98,9 @@ def _joint_codes(codes: Mapping[str, torch.Tensor], ksub: int) -> torch.Tensor:
 # propagation; see hosts.recbole.hook.DEGREE_SCALE_MODELS for what was measured). MGCN (a LightGCN view
 # plus item-ID rows gated by features) on TikTok, 3 seeds: recall@20 -29.0 % unscaled, -21.7 % scaled.
 DEGREE_SCALE_MODELS = ("BPR", "LightGCN", "MGCN")
+# jpq_unit_rows: auto turns unit rows on for these models on sparse data (measured: see
+# hosts.recbole.hook.UNIT_ROW_MODELS and docs/benchmarks.md, "MMRec on TikTok").
+UNIT_ROW_MODELS = ("BPR", "LightGCN")
 def _bpr_query(model: nn.Module, interaction: Any) -> torch.Tensor:
     return model.get_user_embedding(interaction[0])
 
@@ -144,6 +147,7 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
     training_matrix = functools.cache(lambda: dataloader.inter_matrix(form="csr"))  # codes and degree scales share it
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config, training_matrix))
     scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)
+    jcfg = unit_rows_for_model(jcfg, training_matrix, model, UNIT_ROW_MODELS)
     # validate all, build all (ID tables, GRCN's joint table, feature tables), then swap all
     built = build_jpq_tables(model, [r for r in refs if r.entity != "user_item"], codes_for, jcfg, scales)
     built += [_joint_table(model, ref, codes_for, jcfg, scales) for ref in refs if ref.entity == "user_item"]
@@ -171,7 +175,7 @@ def _joint_table(model: nn.Module, ref: TableRef, codes_for: Any, jcfg: JPQConfi
     scales = row_scales()
     if scales:
         new.set_row_scale(torch.cat([scales["user"], scales["item"]]))
-    if jcfg.unit_rows:
+    if jcfg.unit_rows is True:
         new.set_unit_rows()
     return ref, new, SwapRecord.of(ref, "user+item", table, new)
 

@@ -164,7 +164,7 @@ def compress_context_model(model: nn.Module, config: Any, dataset: Any, jcfg: JP
                                            {e: c.ksub for e, c in per_entity.items()}, jcfg.split_dropout)
         for r, part in zip(new.ranges, new.parts):
             part.set_row_scale(scales.get(r.entity))
-            if jcfg.unit_rows:
+            if jcfg.unit_rows is True:
                 part.set_unit_rows()
         built.append((table.path, new))
         records += _records(table.path, plain, new)
