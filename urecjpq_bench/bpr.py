@@ -27,10 +27,13 @@ def plain_table(n: int, d: int) -> nn.Embedding:
     return table
 
 
-def jpq_table(codes: torch.Tensor, ksub: int, d: int, row_scale: torch.Tensor | None = None) -> JPQEmbedding:
+def jpq_table(codes: torch.Tensor, ksub: int, d: int, row_scale: torch.Tensor | None = None,
+              unit_rows: bool = False) -> JPQEmbedding:
     table = JPQEmbedding(codes, ksub, d, split_dropout=SPLIT_DROPOUT)
     nn.init.normal_(table.sub_embeddings, std=INIT_STD)
     table.set_row_scale(row_scale)
+    if unit_rows:
+        table.set_unit_rows()
     return table
 
 
@@ -45,26 +48,28 @@ class BPR(nn.Module):
 
 
 def build(data: SyntheticData, variant: str, d: int, codes: tuple | None, ksub: int, seed: int, lr: float):
-    """-> (model, optimizer); ``codes`` = ``(user_codes, item_codes, row_scales)`` for jpq (see :func:`assign_codes`)."""
+    """-> (model, optimizer); ``codes`` = ``(user_codes, item_codes, row_scales, unit_rows)`` for jpq (see
+    :func:`assign_codes`)."""
     torch.manual_seed(seed)
     if variant == "base":
         model = BPR(plain_table(data.n_users, d), plain_table(data.n_items, d))
         return model, torch.optim.SparseAdam(list(model.parameters()), lr=lr)
     scales = codes[2] if len(codes) > 2 else {}
-    model = BPR(jpq_table(codes[0], ksub, d, scales.get("user")), jpq_table(codes[1], ksub, d, scales.get("item")))
+    unit = bool(codes[3]) if len(codes) > 3 else False
+    model = BPR(jpq_table(codes[0], ksub, d, scales.get("user"), unit), jpq_table(codes[1], ksub, d, scales.get("item"), unit))
     return model, torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The plugin's defaults for a BPR model (``jpq_code_assign: auto``, ``jpq_degree_scale: auto``) from the
-    training matrix: ``(user_codes, item_codes, row_scales)``."""
+def assign_codes(data: SyntheticData, M: int, ksub: int, seed: int, d: int) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
+    """The plugin's defaults for a BPR model (``jpq_code_assign``, ``jpq_degree_scale``, ``jpq_unit_rows``: auto)
+    from the training matrix: ``(user_codes, item_codes, row_scales, unit_rows)``."""
     from urecjpq_plugin.assign import assign_codes as plugin_assign
-    from urecjpq_plugin.assign import degree_scales
+    from urecjpq_plugin.assign import degree_scales, resolve_unit_rows
     from urecjpq_plugin.config import JPQConfig
 
     config, train = JPQConfig(M=M, ksub=ksub, seed=seed, dim=d), data.train_csr()
     codes = plugin_assign(config, train)
-    return codes["user"], codes["item"], degree_scales(config, train)
+    return codes["user"], codes["item"], degree_scales(config, train), resolve_unit_rows(config, train)
 
 
 def batches(data: SyntheticData, batch: int, steps: int, seed: int):
