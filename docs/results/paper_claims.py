@@ -34,10 +34,11 @@ def _with_features(model: str) -> list[tuple[str, str, str, str]]:
 
 # (label, folder, model, run-name prefix of the compressed runs)
 ROWS = [
-    ("Baby (RecBole) BPR", "baby-cos-bpr", "BPR", RECBOLE_AUTO),
-    ("Baby (RecBole) LightGCN", "baby-cos-lightgcn", "LightGCN", RECBOLE_AUTO),
-    _tiktok("BPR", note="reg 1e-05", folder="mmrec-tiktok-bpr-reg1e-5"),
-    _tiktok("LightGCN"),
+    # BPR and LightGCN on sparse data: with unit rows (jpq_unit_rows: auto, since the eleventh round)
+    ("Baby (RecBole) BPR", "baby-bpr-unit-rows", "BPR", RECBOLE_AUTO),
+    ("Baby (RecBole) LightGCN", "baby-lightgcn-unit-rows", "LightGCN", RECBOLE_AUTO),
+    _tiktok("BPR", note="reg 1e-05", folder="mmrec-tiktok-bpr-unit-rows"),
+    _tiktok("LightGCN", folder="mmrec-tiktok-unit-rows"),
     _tiktok("VBPR"),
     *_with_features("FREEDOM"),
     *_with_features("BM3"),
