@@ -45,7 +45,8 @@ DEGREE_SCALE_MODELS = ("BPR",)
 RAW_FACTOR_CODE_MODELS = ("NGCF", "SimpleX")
 # jpq_unit_rows: auto turns unit rows on for these models on sparse data. Amazon Baby, 3 seeds, recall@20 /
 # NDCG@20 vs uncompressed, without -> with: BPR -0.1 % / -6.4 % -> +5.9 % / +4.7 %, LightGCN -13.0 % / -14.2 %
-# -> -5.1 % / -6.9 % (docs/benchmarks.md, "Sparse catalogues", eleventh round). Others are unmeasured: off.
+# -> -5.1 % / -6.9 % (docs/benchmarks.md, "Sparse catalogues", eleventh round). On TikTok LightGCN trades:
+# -8.7 % / -9.1 % -> -10.5 % / -16.0 % (BPR +22.5 % -> +40.2 % recall@20). Other models are unmeasured: off.
 UNIT_ROW_MODELS = ("BPR", "LightGCN")
 _PATCHES = Patches()
 # RecBole modules that call torch.load on its own pickled checkpoints (config objects inside).
