@@ -53,8 +53,8 @@ ROWS = [
     _tiktok("GRCN", note="lr 1e-3", folder="mmrec-tiktok-lr1e-3"),
     _tiktok("DualGNN", note="lr 1e-3", folder="mmrec-tiktok-lr1e-3"),
     # (MMGCN and MVGAE keep their ID tables as tensors MMRec never trains: nothing to compress)
-    ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-reg1e-5", "BPR", ID),
-    ("Baby (MMRec) LightGCN", "mmrec-baby", "LightGCN", ID),
+    ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-unit-rows", "BPR", ID),
+    ("Baby (MMRec) LightGCN", "mmrec-baby-unit-rows", "LightGCN", ID),
 ]
 
 
@@ -81,6 +81,8 @@ def table() -> str:
     changes = {"params": [], "checkpoint": [], "recall": [], "ndcg": []}
     for label, folder, model, prefix in ROWS:
         base, jpq = _runs(folder, model, "base"), _runs(folder, model, prefix)
+        seeds = {r["run_id"].rsplit("-s", 1)[1] for r in jpq}  # the same seeds on both sides
+        base = [r for r in base if r["run_id"].rsplit("-s", 1)[1] in seeds]
         if not base or not jpq:
             lines.append(f"| {label} | – | not run | | | |")
             continue
