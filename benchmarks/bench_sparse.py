@@ -113,6 +113,8 @@ def variant_config(variant: str, M, ksub: int, seed: int) -> JPQConfig:
     code, dropout, scale = parse_variant(variant)
     extra = {"split_dropout": float(dropout)} if dropout else {}
     extra.update({"degree_scale": float(scale)} if scale else {})
+    if code != "auto":  # the named variants predate jpq_unit_rows and keep plain rows; "auto" is today's defaults
+        extra["unit_rows"] = False
     return JPQConfig(M=M, ksub=ksub, code_assign=code, seed=seed, **extra)
 
 

@@ -113,6 +113,8 @@ def main():
             uc, ic = svd_pq_codes(train, kw.get("M", 16), kw.get("ksub", 256), a.seed, 64, unit_rows=True,
                                   degree_weight=a.pq_degree_weight)
             given = {"user": uc, "item": ic}
+        # Rounds up to the tenth ran before jpq_unit_rows existed: plain rows unless --jpq asks (unit_rows=true).
+        kw.setdefault("unit_rows", False)
         apply_jpq(model, JPQConfig(seed=a.seed, **kw), counts={"user": nu, "item": ni}, interactions=train, codes=given)
     if a.init_centroids:
         from scipy.sparse.linalg import svds
