@@ -170,7 +170,13 @@ class JPQEmbedding(nn.Module):
         scale = self._row_scale_of(None, dtype)
         if self.row_log_length is None:
             return scale
-        unit = (self.row_log_length.exp() / self._code_lengths().clamp_min(1e-12)).to(dtype).unsqueeze(-1)
+
+        def unit_multipliers() -> torch.Tensor:
+            return (self.row_log_length.exp() / self._code_lengths().clamp_min(1e-12)).to(dtype).unsqueeze(-1)
+
+        # Evaluation scores batch after batch from the same codebooks: one pass over all codes per change of the
+        # sub-embeddings (the cache's stamp moves with them), not one per call.
+        unit = unit_multipliers() if torch.is_grad_enabled() else self._cache.get(f"unit_multipliers:{dtype}", unit_multipliers)
         return unit if scale is None else unit * scale
 
     def _row_scale_of(self, ids: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
