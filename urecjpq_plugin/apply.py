@@ -275,7 +275,7 @@ def jpq_state_dict(model: nn.Module) -> dict:
     return {"format": STATE_FORMAT, "tables": tables}
 
 
-def _load_row_scale(module: JPQEmbedding, entry: Mapping, path: str) -> None:
+def _load_row_extras(module: JPQEmbedding, entry: Mapping, path: str) -> None:
     """The entry's optional per-ID row scale and unit-row length (both absent: neither)."""
     try:
         module.set_row_scale(entry.get("row_scale"))
@@ -368,7 +368,7 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
         new = new.to(device=table.device, dtype=table.dtype)
         with torch.no_grad():
             new.sub_embeddings.copy_(entry["sub_embeddings"])
-        _load_row_scale(new, entry, path)
+        _load_row_extras(new, entry, path)
         new.sub_embeddings.requires_grad_(table.requires_grad)
         built.append((ref, new, SwapRecord.of(ref, ref.entity, table, new)))
     for entry, codes in checked:
@@ -377,7 +377,7 @@ def load_jpq(model: nn.Module, state: Mapping[str, Any]) -> JPQReport:
             with torch.no_grad():
                 module.codes.copy_(codes)
                 module.sub_embeddings.copy_(entry["sub_embeddings"])
-            _load_row_scale(module, entry, entry["path"])
+            _load_row_extras(module, entry, entry["path"])
             module.split_dropout = float(entry.get("split_dropout", module.split_dropout))
     records = swap_all(model, built)
     return _report(model, records, entries[0]["M"], entries[0]["ksub"], "checkpoint", before)
