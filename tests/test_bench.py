@@ -232,6 +232,17 @@ def test_an_mmrec_run_stopped_by_a_nan_loss_is_a_failure_not_a_row_of_zeros():
     with pytest.raises(BenchRunnerError, match=r"DualGNN: training loss became NaN at epoch 0 \(learning_rate=0.1\)"):
         to_bench_record({**record, "loss_nan_epoch": 0})
 
+    # ... and the NaN epoch reaches the bench through hosts.mmrec.run_one's record (it once dropped it, so DRAGON's
+    # first grid point was kept as an ok run of zeros)
+    from urecjpq_plugin.hosts.mmrec.hook import bench_record
+
+    runner_record = {**record, "best_valid_score": 0.0, "checkpoint": None, "feature_params": 0, "jpq_tables": {},
+                     "cpu_seconds_per_epoch": 1.0, "cpu_seconds_per_eval": 0.0}
+    ok = to_bench_record(bench_record([{**runner_record, "loss_nan_epoch": None}]))
+    assert ok["hyper"] == {"learning_rate": 0.1} and ok["epochs"] == 1 and "loss_nan_epoch" not in ok
+    with pytest.raises(BenchRunnerError, match=r"DualGNN: training loss became NaN at epoch 0 \(learning_rate=0.1\)"):
+        to_bench_record(bench_record([{**runner_record, "loss_nan_epoch": 0}]))
+
 
 def test_relative_change_and_mean_summary():
     def rec(model, jpq, recall, params):

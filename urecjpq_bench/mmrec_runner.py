@@ -22,7 +22,7 @@ def to_bench_record(record: dict) -> dict:
             f"({hyper or 'MMRec defaults'}); MMRec stopped the run, so its metrics are not a result. Run it with "
             "another grid point, e.g. --set \"learning_rate=[0.001]\""
         )
-    out = {k: v for k, v in record.items() if k not in ("test_result", "epochs_run")}
+    out = {k: v for k, v in record.items() if k not in ("test_result", "epochs_run", "loss_nan_epoch", "model")}
     out["metrics"] = {k.lower(): float(v) for k, v in record["test_result"].items()}
     out["epochs"] = record["epochs_run"]
     out["params"] = {"id_tables": record["id_table_params"], "features": record.get("feature_params", 0),

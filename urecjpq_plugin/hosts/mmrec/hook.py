@@ -291,7 +291,8 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     """Train one model with MMRec's ``quick_start`` (plugin active) and return the benchmark record.
 
     Returns ``{"test_result", "trainable_params", "id_table_params", "feature_params", "jpq_tables",
-    "checkpoint_bytes", "epochs_run", "seconds_per_epoch", "cpu_seconds_per_epoch", "cpu_seconds_per_eval"}``
+    "checkpoint_bytes", "epochs_run", "seconds_per_epoch", "cpu_seconds_per_epoch", "cpu_seconds_per_eval",
+    "loss_nan_epoch", "hyper", "model"}``
     (``jpq_tables``: ``{path: {"M", "ksub"}}`` of the compressed tables; ``cpu_*``: median CPU seconds of this
     process per training epoch and per evaluation, valid or test) for one point of MMRec's grid, the first value
     of each list (:func:`~.runner.first_grid_point`; ``overrides`` may set others); the checkpoint goes
@@ -309,17 +310,20 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     runs = mmrec_run.RUNS[first:]
     if not runs:
         raise URecJPQError(f"MMRec trained no model for {model} on {dataset}")
+    return bench_record(runs)
+
+
+# What run_one passes on from the runner's records; ``loss_nan_epoch`` and ``hyper`` let the bench refuse a run that
+# MMRec stopped at a NaN loss (its all-zero metrics are not a result) and name the grid point.
+RUN_RECORD_KEYS = ("test_result", "trainable_params", "id_table_params", "feature_params", "jpq_tables", "epochs_run",
+                   "seconds_per_epoch", "cpu_seconds_per_epoch", "cpu_seconds_per_eval", "loss_nan_epoch", "hyper",
+                   "model")
+
+
+def bench_record(runs: list) -> dict:
+    """The record of the best-validating run among one ``quick_start``'s grid points, with the checkpoint bytes of
+    the last saved one."""
     best = max(runs, key=lambda r: r["best_valid_score"])
     saved = [r for r in runs if r["checkpoint"]]
-    return {
-        "test_result": best["test_result"],
-        "trainable_params": best["trainable_params"],
-        "id_table_params": best["id_table_params"],
-        "feature_params": best["feature_params"],
-        "jpq_tables": best["jpq_tables"],
-        "checkpoint_bytes": saved[-1]["checkpoint_bytes"] if saved else 0,
-        "epochs_run": best["epochs_run"],
-        "seconds_per_epoch": best["seconds_per_epoch"],
-        "cpu_seconds_per_epoch": best["cpu_seconds_per_epoch"],
-        "cpu_seconds_per_eval": best["cpu_seconds_per_eval"],
-    }
+    return {**{k: best.get(k) for k in RUN_RECORD_KEYS},
+            "checkpoint_bytes": saved[-1]["checkpoint_bytes"] if saved else 0}
