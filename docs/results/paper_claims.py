@@ -51,7 +51,8 @@ ROWS = [
     _tiktok("SLMRec"),
     # their first grid points (learning rate 1 / 0.1) turn the loss NaN in the first epoch: lr 1e-3
     _tiktok("GRCN", note="lr 1e-3", folder="mmrec-tiktok-lr1e-3"),
-    _tiktok("DualGNN", note="lr 1e-3", folder="mmrec-tiktok-lr1e-3"),
+    _tiktok("LGMRec"),
+    # (DualGNN and DRAGON at lr 1e-3 ran capped at 20 epochs, LATTICE and DAMRS at 10 / 8: not converged, not here)
     # (MMGCN and MVGAE keep their ID tables as tensors MMRec never trains: nothing to compress)
     ("Baby (MMRec) BPR, reg 1e-05", "mmrec-baby-bpr-unit-rows", "BPR", ID),
     ("Baby (MMRec) LightGCN", "mmrec-baby-unit-rows", "LightGCN", ID),
@@ -60,7 +61,16 @@ ROWS = [
 
 def _runs(folder: str, model: str, prefix: str) -> list[dict]:
     paths = sorted(glob.glob(os.path.join(HERE, folder, "runs", f"{model}-{prefix}*.json")))
-    return [json.load(open(p)) for p in paths]
+    runs = [json.load(open(p)) for p in paths]
+    return [r for r in runs if r.get("status") == "ok"]  # a killed or failed run is not a result
+
+
+def _seed(run: dict) -> str:
+    return run["run_id"].rsplit("-s", 1)[1]
+
+
+def _seeds(runs: list[dict]) -> set[str]:
+    return {_seed(r) for r in runs}
 
 
 def _mean(runs: list[dict], get) -> float:
@@ -81,8 +91,8 @@ def table() -> str:
     changes = {"params": [], "checkpoint": [], "recall": [], "ndcg": []}
     for label, folder, model, prefix in ROWS:
         base, jpq = _runs(folder, model, "base"), _runs(folder, model, prefix)
-        seeds = {r["run_id"].rsplit("-s", 1)[1] for r in jpq}  # the same seeds on both sides
-        base = [r for r in base if r["run_id"].rsplit("-s", 1)[1] in seeds]
+        seeds = _seeds(base) & _seeds(jpq)  # the same seeds on both sides
+        base, jpq = ([r for r in runs if _seed(r) in seeds] for runs in (base, jpq))
         if not base or not jpq:
             lines.append(f"| {label} | – | not run | | | |")
             continue
