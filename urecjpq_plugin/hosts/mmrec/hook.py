@@ -326,5 +326,5 @@ def bench_record(runs: list) -> dict:
     the last saved one."""
     best = max(runs, key=lambda r: r["best_valid_score"])
     saved = [r for r in runs if r["checkpoint"]]
-    return {**{k: best.get(k) for k in RUN_RECORD_KEYS},
+    return {**{k: best[k] for k in RUN_RECORD_KEYS},
             "checkpoint_bytes": saved[-1]["checkpoint_bytes"] if saved else 0}
