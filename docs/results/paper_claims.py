@@ -65,11 +65,11 @@ def _runs(folder: str, model: str, prefix: str) -> list[dict]:
     return [r for r in runs if r.get("status") == "ok"]  # a killed or failed run is not a result
 
 
-def _seed(run: dict) -> str:
-    return run["run_id"].rsplit("-s", 1)[1]
+def _seed(run: dict) -> int:
+    return run["spec"]["seed"]  # the bench's own record of it
 
 
-def _seeds(runs: list[dict]) -> set[str]:
+def _seeds(runs: list[dict]) -> set[int]:
     return {_seed(r) for r in runs}
 
 
