@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--ksub", type=int, default=256)
     parser.add_argument("--out", required=True, help="folder for the compressed run's checkpoint")
     args = parser.parse_args()
+    if any("=" not in pair for pair in args.tables.split(",")):
+        parser.error(f"--tables {args.tables}: give target=state_dict key pairs, e.g. user=user_embedding.weight")
     pairs = dict(pair.split("=", 1) for pair in args.tables.split(","))
     state = read_checkpoint_file(os.path.abspath(args.checkpoint), needs=("state_dict",), weights_only=True)["state_dict"]
     unknown = sorted(key for key in pairs.values() if key not in state)
