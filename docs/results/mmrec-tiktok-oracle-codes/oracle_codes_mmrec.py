@@ -1,8 +1,8 @@
 """Train an MMRec model compressed from codes taken from its own trained uncompressed tables (a diagnosis).
 
 Separates codes from training dynamics: the codes of each ID table come from per-split k-means of the trained,
-uncompressed checkpoint's rows (``ProductQuantizer``: what ``ptq_mmrec.py`` quantises with, the "oracle" codes
-no compressed run can have before training); then the model is trained from scratch with ``--jpq`` and every
+uncompressed checkpoint's rows (``kmeans_codes``: the k-means ``ptq_mmrec.py`` quantises with; "oracle" codes,
+which a compressed run cannot have without an uncompressed one trained first); then the model is trained from scratch with ``--jpq`` and every
 other plugin default (degree scale, split dropout ...) exactly as the bench's compressed run, only the codes
 differ. If it keeps its accuracy, better codes are the lever; if it loses what the SVD codes lose, the training.
 
@@ -19,9 +19,8 @@ import os
 import torch
 
 from urecjpq_plugin.checkpoint_file import read_checkpoint_file
-from urecjpq_plugin.codes import as_codes
+from urecjpq_plugin.codes import kmeans_codes
 from urecjpq_plugin.hosts.mmrec import hook
-from urecjpq_plugin.pq import ProductQuantizer
 
 
 def main() -> None:
@@ -50,11 +49,7 @@ def main() -> None:
         parser.error(f"--tables {args.tables} --targets {args.targets}: targets must be user/item, every --tables "
                      "target among --targets, and keys among "
                      f"{', '.join(k for k, v in state.items() if v.ndim == 2)}")
-    oracle = {}
-    for target, key in pairs.items():
-        table = state[key].float()
-        oracle[target] = as_codes(ProductQuantizer(table.shape[1], args.M, args.ksub, seed=0).train(table).encode(table),
-                                  args.ksub)
+    oracle = {target: kmeans_codes(state[key].float(), args.M, args.ksub, seed=0)[0] for target, key in pairs.items()}
     computed = hook.compute_codes
 
     def oracle_codes(*a, **kw):  # the SVD codes for any table not given, the trained rows' codes for the rest
