@@ -1,7 +1,7 @@
 """Train an MMRec model compressed with user codes built from its items' codes (a diagnosis, not a feature).
 
 Items keep the bench's ``svd_pq_cos`` codes; each user's sub-id in split ``k`` is the k-means cluster (``ksub``
-clusters, ``ProductQuantizer`` with one split) of the histogram of its training items' sub-ids in split ``k``, so
+clusters, ``kmeans_codes`` with one split) of the histogram of its training items' sub-ids in split ``k``, so
 that users who bought items with the same sub-ids share theirs. A trained uncompressed MGCN's user rows are close to
 the mean of their items' rows, and the trained rows' codes help compressed training most on the user side
 (``oracle_codes_mmrec.py``); this asks whether codes built that way before training carry the same. Every other
@@ -20,9 +20,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from urecjpq_plugin.codes import kmeans_codes
 from urecjpq_plugin.distinct import make_distinct
 from urecjpq_plugin.hosts.mmrec import hook
-from urecjpq_plugin.pq import ProductQuantizer
 
 
 def user_codes_from_items(interactions: sp.spmatrix, item_codes: torch.Tensor, ksub: int, seed: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ def user_codes_from_items(interactions: sp.spmatrix, item_codes: torch.Tensor, k
     for k in range(M):
         onehot = sp.csr_matrix((np.ones(n_items, np.float32), (np.arange(n_items), codes[:, k])), shape=(n_items, ksub))
         histograms = torch.from_numpy(np.asarray((X @ onehot).todense(), dtype=np.float32))
-        out[:, k] = ProductQuantizer(ksub, 1, ksub, seed=seed + k).train(histograms).encode(histograms)[:, 0].numpy()
+        out[:, k] = kmeans_codes(histograms, 1, ksub, seed + k)[0][:, 0].numpy()
     make_distinct(out, ksub, seed)
     return torch.from_numpy(out)
 
