@@ -32,6 +32,10 @@ def main() -> None:
     parser.add_argument("--item-table", default="item_id_embedding.weight")
     args = parser.parse_args()
     state = read_checkpoint_file(args.checkpoint, needs=("state_dict",), weights_only=True)["state_dict"]
+    unknown = [key for key in (args.user_table, args.item_table) if key not in state]
+    if unknown:
+        parser.error(f"{', '.join(unknown)}: not in the checkpoint's state_dict; it holds "
+                     f"{', '.join(k for k, v in state.items() if v.ndim == 2)}")
     users, items = state[args.user_table].float().numpy(), state[args.item_table].float().numpy()
     frame = pd.read_csv(args.inter, sep="\t")
     train = frame[frame["x_label"] == 0]
