@@ -364,3 +364,37 @@ def test_bench_without_its_extra_says_what_to_install(monkeypatch, capsys):
     assert main(["bench", "--models", "BPR"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'urecjpq_plugin[bench]'" in err and "tqdm" in err
+
+
+def test_codes_from_base_takes_each_seeds_trained_rows(tmp_path):
+    import torch
+
+    from urecjpq_plugin.codes import kmeans_codes
+
+    data = _tiny_dataset(tmp_path / "data")
+    out = tmp_path / "results"
+    assert run.main(_args(data, out, "--models", "BPR", "--codes-from-base", "--jobs", "2")) == 0
+    base = json.loads((out / "runs" / "BPR-base-s2020.json").read_text())
+    (jpq_path,) = (out / "runs").glob("BPR-jpq-*-codes_from_base-user+item-s2020.json")
+    jpq = json.loads(jpq_path.read_text())
+    assert jpq["spec"]["overrides"]["jpq_codes_from"] == base["checkpoint"]
+    trained = torch.load(base["checkpoint"], weights_only=False)["state_dict"]
+    compressed = torch.load(jpq["checkpoint"], weights_only=False)["state_dict"]
+    for table in ("user_embedding", "item_embedding"):
+        expected = kmeans_codes(trained[f"{table}.weight"], 16, 16, seed=2020)[0]  # M auto = 64 / 4, --ksub 16
+        assert torch.equal(compressed[f"{table}.codes"], expected)
+    assert "codes_from_base" in (out / "results.md").read_text()
+
+
+def test_codes_from_base_after_a_failed_base_run_fails_naming_it(tmp_path, capsys):
+    data = _tiny_dataset(tmp_path / "data")
+    rc = run.main(_args(data, tmp_path / "out", "--models", "BPR", "--codes-from-base", "--python", "/bin/false"))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "  BPR-jpq-Mauto-k16-codes_from_base-user+item-s2020: --codes-from-base: the uncompressed run " \
+           "BPR-base-s2020 failed; rerun the command to retry both" in err
+
+
+def test_codes_from_base_and_a_code_assignment_are_one_line():
+    with pytest.raises(URecJPQError, match="--codes-from-base takes the codes .* --code-assign svd would"):
+        run.plan(run.parse_args(["--codes-from-base", "--code-assign", "svd"]))

@@ -17,6 +17,9 @@ folder (logs, checkpoints); ``options`` are host-specific (MMRec: ``mmrec_src``,
      "params": {"id_tables": int, "features": int, "total": int},            # trainable
      "checkpoint_bytes": int, ...}                                            # extra keys are kept
 
+and ``"checkpoint"``, the saved file's absolute path, where the host saved one (``--codes-from-base``
+reads the uncompressed run's).
+
 The bench adds ``peak_rss_bytes`` (the child's ``ru_maxrss``), ``wall_seconds`` and ``status``.
 """
 

@@ -117,6 +117,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, **options: 
         "epochs": len(epoch_seconds),
         "seconds_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
         "params": {"id_tables": id_params, "features": 0, "total": count_trainable(net)},
+        "checkpoint": os.path.abspath(ckpt) if os.path.exists(ckpt) else None,
         "checkpoint_bytes": os.path.getsize(ckpt) if os.path.exists(ckpt) else 0,
         "state_dict_bytes": sum(t.numel() * t.element_size() for t in net.state_dict().values()),
         "n_users": int(data.user_num),

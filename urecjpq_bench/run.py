@@ -5,6 +5,7 @@
     urecjpq bench --seeds 2020,2021,2022          # every cell once per seed; tables show mean +- std
     urecjpq bench --budget recbole                # RecBole's own training defaults (300 epochs, lr 0.001, ...)
     urecjpq bench --host mmrec --models FREEDOM,LATTICE --mmrec-src ~/MMRec --dataset ml100k-mm
+    urecjpq bench --codes-from-base               # codes from k-means of each seed's trained uncompressed model
 
 Sweep options take comma-separated values; ``--targets`` values join tables with ``+``
 (``--targets user+item,item``). Every run is its own subprocess; results go to ``--out`` (see
@@ -39,6 +40,9 @@ DEFAULT_SET = {"recbole": {"train_batch_size": 4096, "learning_rate": 0.005}, "m
 # --budget: "short" is the budget above; "host" trains as a user who only adds `jpq: true` would,
 # under the host's own defaults (RecBole: 300 epochs, lr 0.001, batch 2048, early stopping after 10).
 BUDGETS = ("short", "host")
+# --codes-from-base: the code-assignment slot of those runs' ids and records (jpq_codes_from = the same seed's
+# uncompressed run's checkpoint, so the compressed run waits for that run).
+CODES_FROM_BASE = "codes_from_base"
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -77,6 +81,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--code-assign", default=JPQConfig.code_assign,
                    help=f"jpq_code_assign values (default {JPQConfig.code_assign})")
     p.add_argument("--targets", default="user+item", help="jpq_targets values, tables joined by + (default user+item)")
+    p.add_argument("--codes-from-base", action="store_true",
+                   help="each compressed run takes its codes from the same seed's uncompressed run's checkpoint "
+                   "(jpq_codes_from: k-means of its trained rows), which then runs first")
     p.add_argument("--budget", default="short", choices=BUDGETS,
                    help="short (default): the epochs/patience/--set below; host: the host's own training defaults")
     p.add_argument("--epochs", type=int, default=None, help=f"epoch cap per run (short budget: {DEFAULT_EPOCHS})")
@@ -143,6 +150,9 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         budget["data_path"] = str(Path(args.data_path).expanduser().resolve())
     settings = {"host": args.host, "dataset": dataset, "budget": args.budget, "set": budget, "threads": args.threads}
     grid = []
+    if args.codes_from_base and parse_list(args.code_assign) != (AUTO,):
+        raise JPQConfigError(f"--codes-from-base takes the codes from the uncompressed runs; --code-assign "
+                             f"{args.code_assign} would choose them too: give one of them")
     for M, ksub, code, targets in itertools.product(
         _M_values(args.M or str(JPQConfig.M)), _ints(args.ksub, "--ksub"), parse_list(args.code_assign),
         [tuple(t.split("+")) for t in parse_list(args.targets)],
@@ -159,11 +169,16 @@ def plan(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         for model in models:
             specs.append(_spec(args.host, model, dataset, {**budget, **data, "seed": seed, "jpq": False}, options,
                                None, seed))
+            base_id = specs[-1]["run_id"]
             for cfg in grid:
-                jpq = {"M": cfg.M, "ksub": cfg.ksub, "code_assign": cfg.code_assign, "targets": list(cfg.targets)}
+                code = CODES_FROM_BASE if args.codes_from_base else cfg.code_assign
+                jpq = {"M": cfg.M, "ksub": cfg.ksub, "code_assign": code, "targets": list(cfg.targets)}
                 over = {**budget, **data, "seed": seed, "jpq": True, "jpq_M": cfg.M, "jpq_ksub": cfg.ksub,
-                        "jpq_code_assign": cfg.code_assign, "jpq_targets": list(cfg.targets)}
-                specs.append(_spec(args.host, model, dataset, over, options, jpq, seed))
+                        "jpq_targets": list(cfg.targets)}
+                if not args.codes_from_base:
+                    over["jpq_code_assign"] = cfg.code_assign
+                spec = _spec(args.host, model, dataset, over, options, jpq, seed)
+                specs.append({**spec, "codes_from_run": base_id} if args.codes_from_base else spec)
     return settings, specs
 
 
@@ -198,6 +213,29 @@ def _spec(host: str, model: str, dataset: str, overrides: dict, options: dict, j
             "overrides": overrides, "options": options, "jpq": jpq}
 
 
+class BaseRunMissing(JPQConfigError):
+    """A --codes-from-base run whose uncompressed run failed or kept no checkpoint."""
+
+
+def _with_base_codes(spec: dict, runs: Path, finished: dict, interrupted: threading.Event) -> dict:
+    """``spec`` with ``jpq_codes_from`` = the checkpoint of the uncompressed run it names (once that finished)."""
+    base_id = spec.get("codes_from_run")
+    if base_id is None:
+        return spec
+    while not finished[base_id].wait(1.0):
+        if interrupted.is_set():
+            raise BaseRunMissing(f"interrupted before {base_id} finished")
+    base = load_run(runs, base_id) or {}
+    checkpoint = base.get("checkpoint")
+    if base.get("status") != "ok" or not checkpoint or not Path(checkpoint).is_file():
+        if base.get("status") != "ok":
+            raise BaseRunMissing(f"--codes-from-base: the uncompressed run {base_id} failed; rerun the command to "
+                                 "retry both")
+        raise BaseRunMissing(f"--codes-from-base: the uncompressed run {base_id} kept no checkpoint (record: "
+                             f"{checkpoint!r}); delete {runs / (base_id + '.json')} and rerun the command to train it again")
+    return {**spec, "overrides": {**spec["overrides"], "jpq_codes_from": checkpoint}}
+
+
 def _title(settings: dict, seeds: list[int]) -> str:
     budget = dict(settings["set"])
     if settings["budget"] == "short":
@@ -229,7 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         recbole_presplit(settings["dataset"], settings["set"]["data_path"], cache=out / "data")
     done = {s["run_id"] for s in specs if (load_run(runs, s["run_id"]) or {}).get("status") == "ok"}
-    todo = [s for s in specs if s["run_id"] not in done]
+    # uncompressed runs first: a --codes-from-base run waits for its seed's (no deadlock: its base started before)
+    todo = sorted((s for s in specs if s["run_id"] not in done), key=lambda s: "codes_from_run" in s)
+    finished = {s["run_id"]: threading.Event() for s in specs}
+    for run_id in done:
+        finished[run_id].set()
     print(f"urecjpq bench: {len(specs)} runs in {out}/ ({len(done)} already finished, {len(todo)} to run)",
           file=sys.stderr)
     env = None
@@ -242,11 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run_spec(spec: dict) -> None:
         run_dir = runs / spec["run_id"]
         spec = {**spec, "out_dir": str(run_dir.resolve())}
-        result = run_in_subprocess(spec, run_dir, timeout=args.timeout, python=args.python, env=env)
-        if interrupted.is_set():  # the run got the same Ctrl-C: not its failure; a rerun resumes it
-            return
-        record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
-        save_run(runs, record)
+        try:
+            try:
+                spec = _with_base_codes(spec, runs, finished, interrupted)
+                result = run_in_subprocess(spec, run_dir, timeout=args.timeout, python=args.python, env=env)
+            except BaseRunMissing as err:
+                result = {"status": "failed", "error": str(err)}
+            if interrupted.is_set():  # the run got the same Ctrl-C: not its failure; a rerun resumes it
+                return
+            record = {"run_id": spec["run_id"], "spec": spec, "jpq": spec["jpq"], **result}
+            save_run(runs, record)
+        finally:  # a run waiting for this one reads its record now
+            finished[spec["run_id"]].set()
         with lock:
             if record["status"] != "ok":
                 failed.append((spec["run_id"], failure_reason(record["error"])))

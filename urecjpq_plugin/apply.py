@@ -44,6 +44,7 @@ from urecjpq_plugin.inject import (
     unswap_table,
 )
 from urecjpq_plugin.jpq import JPQEmbedding
+from urecjpq_plugin.trained_codes import checkpoint_row_sources, codes_from_checkpoint
 
 STATE_FORMAT = "urecjpq/jpq-state/1"
 _ENTRY_KEYS = ("path", "entity", "kind", "rows", "dim", "M", "ksub", "padding_idx", "codes", "sub_embeddings")
@@ -81,7 +82,7 @@ class JPQReport:
     tables: tuple[SwapRecord, ...]
     M: int
     ksub: int
-    code_assign: str  # svd, random, given (codes=...) or checkpoint
+    code_assign: str  # svd, random, given (codes=...), codes_from (a trained checkpoint) or checkpoint
     trainable_before: int
     trainable_after: int
     all_params: int  # every parameter after the swap, trainable or not
@@ -229,8 +230,14 @@ def apply_jpq(
     config = config.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     config = replace(config, unit_rows=resolve_unit_rows(config, interactions))
     entities = list(dict.fromkeys(r.entity for r in refs))
+    if codes is not None and config.codes_from is not None:
+        raise JPQConfigError(f"codes= and codes_from={config.codes_from!r} both give the codes; pass one of them")
     if codes is not None:
         by_entity, how = functools.cache(lambda: _given_codes(codes, counts, entities, config)), "given"
+    elif config.codes_from is not None:
+        sources = checkpoint_row_sources(refs, counts)
+        by_entity = functools.cache(lambda: codes_from_checkpoint(config.codes_from, sources, config))
+        how = "codes_from"
     else:
         by_entity, how = functools.cache(lambda: _assigned_codes(config, counts, entities, interactions)), config.code_assign
     before = count_trainable(model)

@@ -13,6 +13,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq_code_weight: 0        # svd_pq* codes: the k-means weighs each ID by (training interactions) ** this; 0 = equal
     jpq_unit_rows: auto       # decode each row at unit length times one learned length per table (auto: sparse data)
     jpq_table_overrides: {item: {ksub: 512}}  # per-table M / ksub (by target), over the two keys above
+    jpq_codes_from: null      # a checkpoint of this model trained uncompressed: codes from k-means of its rows
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ MAX_KSUB = 2**16  # uint16 codes; faiss's IndexPQ export and the README stop her
 # Every key of the plugin's jpq_ namespace (hosts' YAML, --key=value, config_dict): any other
 # jpq_* key is a typo and stops the run rather than training with a default.
 OPTION_KEYS = ("jpq", "jpq_M", "jpq_ksub", "jpq_code_assign", "jpq_targets", "jpq_split_dropout", "jpq_degree_scale",
-               "jpq_code_weight", "jpq_unit_rows", "jpq_tables", "jpq_table_overrides")
+               "jpq_code_weight", "jpq_unit_rows", "jpq_tables", "jpq_table_overrides", "jpq_codes_from")
 OVERRIDE_KEYS = ("M", "ksub")  # what jpq_table_overrides may set per table
 
 
@@ -121,6 +122,9 @@ class JPQConfig:
     # Per-target M / ksub, e.g. {"item": {"ksub": 512}} (torchrec's one config per table); stored as
     # sorted tuples so the config stays hashable.
     table_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A checkpoint of the model trained uncompressed: the ID codes come from k-means of its trained rows
+    # (trained_codes.py) instead of jpq_code_assign.
+    codes_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.M, str) and self.M.strip().lower() == AUTO:
@@ -168,6 +172,16 @@ class JPQConfig:
             if target not in TARGETS:
                 raise JPQConfigError(f"jpq_targets has unknown target {target!r}; valid: {', '.join(TARGETS)}")
         object.__setattr__(self, "table_overrides", self._checked_overrides(self.table_overrides, targets))
+        if self.codes_from is not None:
+            if not isinstance(self.codes_from, str) or not self.codes_from.strip():
+                raise JPQConfigError(f"jpq_codes_from={self.codes_from!r} is invalid; give the path of a checkpoint "
+                                     "of this model trained uncompressed")
+            if self.code_assign != AUTO:
+                raise JPQConfigError(f"jpq_code_assign={self.code_assign!r} and jpq_codes_from={self.codes_from!r} "
+                                     "both choose the codes; give one of them")
+            if not self.id_targets:
+                raise JPQConfigError(f"jpq_codes_from={self.codes_from!r} gives ID codes, but jpq_targets "
+                                     f"{list(targets)} has no user or item table")
 
     def _checked_overrides(self, overrides: Any, targets: tuple[str, ...]) -> tuple:
         if isinstance(overrides, tuple):  # already checked (replace() passes it through)
@@ -280,6 +294,7 @@ class JPQConfig:
             targets=parse_list(get("jpq_targets", ID_TARGETS)),
             seed=int(seed if seed is not None else get("seed", cls.seed)),
             table_overrides=parse_mapping(get("jpq_table_overrides", {}), "jpq_table_overrides"),
+            codes_from=get("jpq_codes_from", None),
         )
 
 

@@ -217,12 +217,23 @@ def find_tables(model: nn.Module, counts: Mapping[str, int], targets: Iterable[s
 
 
 # -- codes and report ---------------------------------------------------------------------------
-def codes_source(jcfg: JPQConfig, counts: Mapping[str, int],
-                 compute: Callable[[], Mapping[str, torch.Tensor]]) -> Callable[[str], torch.Tensor]:
+def codes_source(jcfg: JPQConfig, counts: Mapping[str, int], compute: Callable[[], Mapping[str, torch.Tensor]],
+                 refs: Iterable[TableRef] | None = None) -> Callable[[str], torch.Tensor]:
     """``codes_for(entity)`` for :func:`~urecjpq_plugin.inject.inject_jpq`: ``compute()`` runs at most once,
-    and not at all while building for a checkpoint load (zero codes; the checkpoint brings the real ones)."""
+    and not at all while building for a checkpoint load (zero codes; the checkpoint brings the real ones).
+    With ``jpq_codes_from`` the codes come from that checkpoint's rows of the tables ``refs`` instead (a host
+    that cannot name them passes ``None``, and such a config is refused here, before any change)."""
     cache: dict[str, torch.Tensor] = {}
     placeholder = is_building_for_load()
+    if jcfg.codes_from is not None and not placeholder:
+        if refs is None:
+            raise JPQConfigError(f"jpq_codes_from={jcfg.codes_from!r}: this model keeps its user/item rows inside "
+                                 "shared tables, whose trained rows the plugin cannot read off a checkpoint; leave "
+                                 "jpq_codes_from out")
+        from urecjpq_plugin.trained_codes import checkpoint_row_sources, codes_from_checkpoint
+
+        sources = checkpoint_row_sources(refs, counts)
+        compute = functools.partial(codes_from_checkpoint, jcfg.codes_from, sources, jcfg)
 
     def codes_for(entity: str) -> torch.Tensor:
         if placeholder:

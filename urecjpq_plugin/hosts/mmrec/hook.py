@@ -150,7 +150,8 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
 
     before = count_trainable(model)
     training_matrix = functools.cache(lambda: dataloader.inter_matrix(form="csr"))  # codes and degree scales share it
-    codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config, training_matrix))
+    codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config, training_matrix),
+                             refs)
     scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)
     jcfg = unit_rows_for_model(jcfg, training_matrix, model, UNIT_ROW_MODELS)
     # validate all, build all (ID tables, GRCN's joint table, feature tables), then swap all
@@ -327,5 +328,6 @@ def bench_record(runs: list) -> dict:
     the last saved one."""
     best = max(runs, key=lambda r: r["best_valid_score"])
     saved = [r for r in runs if r["checkpoint"]]
-    return {**{k: best[k] for k in RUN_RECORD_KEYS},
-            "checkpoint_bytes": saved[-1]["checkpoint_bytes"] if saved else 0}
+    kept = best if best["checkpoint"] else (saved[-1] if saved else None)
+    return {**{k: best[k] for k in RUN_RECORD_KEYS}, "checkpoint": kept["checkpoint"] if kept else None,
+            "checkpoint_bytes": kept["checkpoint_bytes"] if kept else 0}

@@ -115,7 +115,8 @@ def compute_codes(config: JPQConfig, dataset: Any, interactions: Callable[[], An
 def auto_codes_for_model(jcfg: JPQConfig, model: nn.Module, interactions: Callable[[], Any]) -> JPQConfig:
     """``jpq_code_assign: auto`` resolved here for :data:`RAW_FACTOR_CODE_MODELS` (``svd_pq`` instead of
     ``svd_pq_cos``); every other model, and any explicit assignment, is left to :func:`assign_codes`."""
-    if jcfg.code_assign != AUTO or not model_is(model, RAW_FACTOR_CODE_MODELS) or is_building_for_load():
+    if (jcfg.code_assign != AUTO or jcfg.codes_from is not None or not model_is(model, RAW_FACTOR_CODE_MODELS)
+            or is_building_for_load()):
         return jcfg
     how = resolve_auto(interactions(), directions=False)
     if how == "svd":  # dense data: the same for every model, left to assign_codes (which logs it)
@@ -145,7 +146,7 @@ def compress_model(model: nn.Module, config: Any, dataset: Any) -> list:
     jcfg = jcfg.for_dims(r.shape[1] for r in refs)  # jpq_M: auto -> M from the tables' width
     jcfg = auto_codes_for_model(jcfg, model, training_matrix)
     before = count_trainable(model)
-    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: codes(jcfg, dataset)), jcfg, scales)
+    records = inject_jpq(model, refs, codes_source(jcfg, counts, lambda: codes(jcfg, dataset), refs), jcfg, scales)
     from urecjpq_plugin.hosts.recbole.topk import install_pq_full_sort
 
     install_pq_full_sort(model)  # full-sort scoring from codes where the item score is a plain dot product
