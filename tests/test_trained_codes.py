@@ -166,3 +166,24 @@ def test_mmrec_checkpoint_of_another_model_is_refused_before_any_change(tmp_path
         mmrec_compress(model, jpq_codes_from=str(tmp_path / "other.pth"))
     assert isinstance(model.user_embedding, nn.Embedding) and type(model.user_embedding) is nn.Embedding
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# -- RecBole host -----------------------------------------------------------------------------------
+def test_recbole_model_takes_codes_from_its_uncompressed_checkpoint(recbole_env, tmp_path):
+    from .test_recbole_models import build
+
+    _, plain, *_ = build("BPR", recbole_env)
+    torch.save({"state_dict": plain.state_dict(), "config": None}, tmp_path / "bpr.pth")
+    config, model, *_ = build("BPR", {**recbole_env, "jpq": True, "jpq_M": 8, "jpq_codes_from": str(tmp_path / "bpr.pth")})
+    for table in ("user_embedding", "item_embedding"):
+        expected = kmeans_codes(plain.state_dict()[f"{table}.weight"], 8, 256, seed=config["seed"])[0]
+        assert torch.equal(getattr(model, table).codes, expected)
+
+
+def test_recbole_context_model_refuses_codes_from_in_one_line(recbole_env, tmp_path):
+    from .test_recbole_context import ctr_settings
+    from .test_recbole_models import build
+
+    torch.save({"state_dict": {}}, tmp_path / "fm.pth")
+    with pytest.raises(JPQConfigError, match="keeps its user/item rows inside shared tables"):
+        build("FM", {**ctr_settings(recbole_env), "jpq": True, "jpq_codes_from": str(tmp_path / "fm.pth")})

@@ -279,7 +279,8 @@ def log_swaps(records: list[SwapRecord], jcfg: JPQConfig, before: int, after: in
         logger.info(format_records(records))
     for line in extra:
         logger.info(line)
-    how = "checkpoint" if is_building_for_load() else jcfg.code_assign
+    how = "checkpoint" if is_building_for_load() else (
+        f"k-means of {jcfg.codes_from}" if jcfg.codes_from is not None else jcfg.code_assign)
     overrides = "".join(f" {t}: {dict(v)}" for t, v in jcfg.table_overrides)
     logger.info(f"urecjpq: JPQ M={jcfg.M} ksub={jcfg.ksub}{overrides} codes={how} targets={list(jcfg.targets)}: "
                 f"trainable parameters {before:,} -> {after:,}")
