@@ -227,10 +227,9 @@ def _with_base_codes(spec: dict, runs: Path, finished: dict, interrupted: thread
             raise BaseRunMissing(f"interrupted before {base_id} finished")
     base = load_run(runs, base_id) or {}
     checkpoint = base.get("checkpoint")
-    if base.get("status") != "ok" or not checkpoint or not Path(checkpoint).is_file():
-        if base.get("status") != "ok":
-            raise BaseRunMissing(f"--codes-from-base: the uncompressed run {base_id} failed; rerun the command to "
-                                 "retry both")
+    if base.get("status") != "ok":
+        raise BaseRunMissing(f"--codes-from-base: the uncompressed run {base_id} failed; rerun the command to retry both")
+    if not checkpoint or not Path(checkpoint).is_file():
         raise BaseRunMissing(f"--codes-from-base: the uncompressed run {base_id} kept no checkpoint (record: "
                              f"{checkpoint!r}); delete {runs / (base_id + '.json')} and rerun the command to train it again")
     return {**spec, "overrides": {**spec["overrides"], "jpq_codes_from": checkpoint}}

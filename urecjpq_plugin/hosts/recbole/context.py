@@ -149,7 +149,8 @@ def compress_context_model(model: nn.Module, config: Any, dataset: Any, jcfg: JP
     counts = {"user": dataset.user_num, "item": dataset.item_num}
     plan = plan_ranges(model, config, counts, jcfg.id_targets)
     jcfg = resolved_config(jcfg, plan, model)
-    if jcfg.code_assign == AUTO and jcfg.codes_from is None:  # svd_pq beat svd on all six CTR models measured (docs/benchmarks.md)
+    # svd_pq beat svd on all six CTR models measured (docs/benchmarks.md)
+    if jcfg.code_assign == AUTO and jcfg.codes_from is None:
         logger.info("urecjpq: jpq_code_assign=auto -> svd_pq (context-aware model)")
         jcfg = replace(jcfg, code_assign="svd_pq")
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataset))
