@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import pytest
 import torch
@@ -279,3 +280,31 @@ def test_compress_defaults_to_the_plugins_M(trained, tmp_path, monkeypatch):
     saved = torch.load(out, weights_only=False)
     dim = saved["state_dict"]["item_embedding.sub_embeddings"].shape
     assert saved["config"]["jpq_M"] == dim[0] == auto_M(dim[0] * dim[2])  # resolved from the table width
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out exists", "--out '.*out.pth' already exists; choose a new path"),
+    ("already jpq", "is already JPQ-compressed \\(user_embedding.sub_embeddings\\); give one trained without jpq"),
+    ("finetune", "--finetune-epochs / --finetune-lr are RecBole-only"),
+    ("features", "--targets \\['image'\\] are not ID tables"),
+    ("missing", "'.*nowhere.pth' does not exist"),
+    ("no mmrec", "is not MMRec's src/ \\(it needs main.py and configs/\\)"),
+])
+def test_mmrec_compress_refuses_bad_input_before_touching_mmrec(tmp_path, capsys, case, message):
+    from urecjpq_plugin.cli import main as urecjpq
+
+    checkpoint, out = tmp_path / "base.pth", tmp_path / "out.pth"
+    state = {"user_embedding.weight": torch.randn(5, 8)}
+    if case == "already jpq":
+        state = {"user_embedding.codes": torch.zeros(5, 2, dtype=torch.uint8),
+                 "user_embedding.sub_embeddings": torch.randn(2, 4, 4)}
+    torch.save({"state_dict": state, "config": {"model": "BPR", "dataset": "x"}}, checkpoint)
+    if case == "out exists":
+        out.write_bytes(b"the user's file")
+    extra = {"finetune": ["--finetune-epochs", "2"], "features": ["--targets", "image"]}.get(case, [])
+    path = str(tmp_path / "nowhere.pth") if case == "missing" else str(checkpoint)
+    # no MMRec checkout is needed: every refusal comes before MMRec is imported (the folder is checked last)
+    assert urecjpq(["compress", "--host", "mmrec", path, "--out", str(out), "--mmrec-src", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert out.read_bytes() == b"the user's file" if case == "out exists" else not out.exists()

@@ -92,6 +92,37 @@ def test_launcher_trains_saves_and_evaluates_from_checkpoint(data_path, tmp_path
     assert (tmp_path / "BPR-ml-100k-base.pth").stat().st_size > 2 * checkpoint.stat().st_size
 
 
+def test_codes_from_a_trained_checkpoint_and_compress_of_it(data_path, tmp_path):
+    import torch
+
+    from urecjpq_plugin.codes import kmeans_codes
+
+    common = ["-m", "BPR", "-d", "ml-100k", f"--data_path={data_path}", "--epochs=1", "--reg_weight=1e-4",
+              f"--checkpoint_dir={tmp_path}"]
+    base = _launcher(*common, cwd=tmp_path)
+    assert base.returncode == 0, base.stderr[-2000:]
+    trained = tmp_path / "BPR-ml-100k-base.pth"
+    run = _launcher(*common, "--jpq", "--jpq_codes_from=BPR-ml-100k-base.pth", cwd=tmp_path)  # relative to here
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = torch.load(trained, weights_only=True)["state_dict"]["user_embedding.weight"]
+    compressed = torch.load(tmp_path / "BPR-ml-100k-jpq.pth", weights_only=True)
+    seed = compressed["config"]["seed"]
+    assert torch.equal(compressed["state_dict"]["user_embedding.codes"], kmeans_codes(rows, 16, 256, seed=seed)[0])
+
+    out = tmp_path / "ptq.pth"
+    ptq = subprocess.run([sys.executable, "-m", "urecjpq_plugin.cli", "compress", "--host", "mmrec", str(trained),
+                          "--out", str(out), "--mmrec-src", MMREC_SRC, "--data-path", data_path],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
+    assert ptq.returncode == 0, ptq.stderr[-2000:]
+    reported = float(re.findall(r"test recall@20: trained [0-9.]+, compressed ([0-9.]+)", ptq.stdout)[0])
+    evaluated = _launcher(*common, f"--eval-checkpoint={out}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert _metric(evaluated.stdout, "recall@20") == pytest.approx(reported, abs=1e-4)
+    again = subprocess.run([sys.executable, "-m", "urecjpq_plugin.cli", "compress", "--host", "mmrec", str(trained),
+                            "--out", str(out), "--mmrec-src", MMREC_SRC], capture_output=True, text=True, env=_env())
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
 def test_every_grid_combination_is_compressed(data_path, tmp_path):
     run = _launcher("-m", "BPR", "-d", "ml-100k", f"--data_path={data_path}", "--epochs=1", "--jpq",
                     "--reg_weight=[0.1, 0.001]", f"--checkpoint_dir={tmp_path}", cwd=tmp_path)
@@ -111,10 +142,12 @@ def test_run_one_contract(data_path, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
     assert set(result) == {"test_result", "trainable_params", "id_table_params", "feature_params", "jpq_tables",
-                           "checkpoint_bytes", "epochs_run", "seconds_per_epoch", "cpu_seconds_per_epoch",
-                           "cpu_seconds_per_eval"}
+                           "checkpoint", "checkpoint_bytes", "epochs_run", "seconds_per_epoch", "cpu_seconds_per_epoch",
+                           "cpu_seconds_per_eval", "loss_nan_epoch", "hyper", "model"}
+    assert result["loss_nan_epoch"] is None and result["model"] == "VBPR"
     assert result["cpu_seconds_per_epoch"] > 0 and result["cpu_seconds_per_eval"] > 0
     assert result["jpq_tables"] and all(t == {"M": 16, "ksub": 256} for t in result["jpq_tables"].values())
+    assert result["checkpoint"] == str(tmp_path / "VBPR-ml-100k-jpq.pth")
     assert result["epochs_run"] == 1 and result["checkpoint_bytes"] == (tmp_path / "VBPR-ml-100k-jpq.pth").stat().st_size
     assert 0 < result["id_table_params"] < result["trainable_params"]
     assert "recall@20" in result["test_result"]

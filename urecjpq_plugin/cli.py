@@ -11,7 +11,7 @@ from urecjpq_plugin.config import URecJPQError
 COMMANDS = {
     "bench": ("urecjpq_bench.run", "train models with and without jpq and report the difference"),
     "bench-scale": ("urecjpq_bench.scale", "synthetic 10^4..10^7-ID memory/speed comparison"),
-    "compress": ("urecjpq_plugin.hosts.recbole.compress", "turn a trained uncompressed RecBole checkpoint into a JPQ one"),
+    "compress": ("urecjpq_plugin.hosts.recbole.compress", "turn a trained uncompressed RecBole or MMRec checkpoint into a JPQ one"),
     "export": ("urecjpq_plugin.export", "export a JPQ item table to a faiss IndexPQ for serving"),
     "tables": ("urecjpq_plugin.hosts.tables_cli", "list the ID tables jpq: true would swap (dry run, no training)"),
     "mmrec-data": ("urecjpq_plugin.data.mmrec_dataset", "make an MMRec dataset from RecBole's ml-100k"),

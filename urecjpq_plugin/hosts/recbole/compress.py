@@ -2,6 +2,9 @@
 
     urecjpq compress saved/BPR-Jan-01-2025_00-00-00.pth --out bpr-jpq.pth [--M auto] [--ksub 256]
     urecjpq compress CHECKPOINT --out OUT --finetune-epochs 10
+    urecjpq compress --host mmrec saved/FREEDOM-tiktok-base.pth --out freedom-ptq.pth --mmrec-src MMRec/src
+
+(MMRec checkpoints: :mod:`urecjpq_plugin.hosts.mmrec.compress`.)
 
 The model is rebuilt as it was trained (uncompressed) and its weights loaded; then every ID table the
 plugin would compress (same rule as ``jpq: true`` at build time, ``--targets`` user,item by default)
@@ -53,6 +56,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="learning rate of --finetune-epochs (default: the checkpoint's learning_rate)")
     p.add_argument("--kmeans-iters", type=int, default=25, help="k-means iterations per split")
     p.add_argument("--seed", type=int, default=None, help="k-means seed (default: the checkpoint's seed)")
+    p.add_argument("--host", choices=("recbole", "mmrec"), default="recbole",
+                   help="who wrote the checkpoint (default %(default)s); mmrec: see urecjpq_plugin.hosts.mmrec.compress")
+    p.add_argument("--mmrec-src", default=None, help="MMRec's src/ (--host mmrec; default $MMREC_SRC or here)")
+    p.add_argument("--data-path", default=None, help="--host mmrec: the dataset folder, if not the checkpoint's")
     return p.parse_args(argv)
 
 
@@ -180,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.host == "mmrec":
+        return _main_mmrec(args)
     result = compress_checkpoint(
         args.checkpoint,
         args.out,
@@ -192,6 +201,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         finetune_lr=args.finetune_lr,
     )
     for line in result["tables"]:
+        print(line)
+    print(f"wrote {result['out']} ({os.path.getsize(result['out']):,} bytes)")
+    return 0
+
+
+def _main_mmrec(args: argparse.Namespace) -> int:
+    """``--host mmrec``: no fine-tuning (MMRec's trainer is not driven from here); both models evaluated."""
+    from urecjpq_plugin.hosts.mmrec import compress as mmrec_compress
+
+    if args.finetune_epochs or args.finetune_lr is not None:
+        raise CompressError("--finetune-epochs / --finetune-lr are RecBole-only; for MMRec train with --jpq "
+                            "(e.g. --jpq_codes_from=<this checkpoint>)")
+    result = mmrec_compress.compress_checkpoint(
+        args.checkpoint, args.out, args.mmrec_src, M=args.M, ksub=args.ksub,
+        targets=parse_list(args.targets), seed=args.seed, kmeans_iters=args.kmeans_iters, data_path=args.data_path)
+    for line in result["tables"] + mmrec_compress.summary_lines(result):
         print(line)
     print(f"wrote {result['out']} ({os.path.getsize(result['out']):,} bytes)")
     return 0
