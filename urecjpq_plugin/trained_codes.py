@@ -4,9 +4,10 @@ Per split, k-means of the trained rows (:func:`~urecjpq_plugin.codes.kmeans_code
 ``urecjpq compress`` uses): IDs whose trained rows agree in a split share that sub-id. On sparse data the
 interaction SVD misses what training puts in the rows (MMRec on TikTok: trained user rows are close to the
 mean of their items' trained rows, R² 0.83-0.88, and not to the SVD's factors, 0.07-0.08), and codes read
-off a trained model closed most of the compressed models' gap (FREEDOM −8.8 % → 0.0 %, MGCN −17.8 % → −7.1 %
-recall@20; docs/benchmarks.md, "Fourteenth round"). The compressed model still trains from scratch; only
-its codes come from the checkpoint.
+off the trained model close most of the compressed models' gap (TikTok, 3 seeds, recall@20 against
+uncompressed: FREEDOM −7.7 % → −1.6 %, MGCN −14.8 % → −4.5 %). On dense data (ml-100k) the SVD codes do better,
+and a model that stopped early gives poor codes (docs/benchmarks.md, "Fifteenth round"). The compressed model
+still trains from scratch; only its codes come from the checkpoint.
 """
 
 from __future__ import annotations
