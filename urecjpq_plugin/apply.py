@@ -44,7 +44,7 @@ from urecjpq_plugin.inject import (
     unswap_table,
 )
 from urecjpq_plugin.jpq import JPQEmbedding
-from urecjpq_plugin.trained_codes import checkpoint_row_sources, codes_from_checkpoint
+from urecjpq_plugin.trained_codes import codes_for_tables
 
 STATE_FORMAT = "urecjpq/jpq-state/1"
 _ENTRY_KEYS = ("path", "entity", "kind", "rows", "dim", "M", "ksub", "padding_idx", "codes", "sub_embeddings")
@@ -235,8 +235,7 @@ def apply_jpq(
     if codes is not None:
         by_entity, how = functools.cache(lambda: _given_codes(codes, counts, entities, config)), "given"
     elif config.codes_from is not None:
-        sources = checkpoint_row_sources(refs, counts)
-        by_entity = functools.cache(lambda: codes_from_checkpoint(config.codes_from, sources, config))
+        by_entity = functools.cache(lambda: codes_for_tables(config.codes_from, refs, counts, config))
         how = "codes_from"
     else:
         by_entity, how = functools.cache(lambda: _assigned_codes(config, counts, entities, interactions)), config.code_assign

@@ -73,6 +73,16 @@ def _restricted_pickle(path: str) -> types.ModuleType:
     return module
 
 
+def check_checkpoint_path(path: str, written_by: str = "a RecBole or MMRec trainer with the plugin") -> str:
+    """``path`` as a string if it names a file; else one line saying it is missing or a directory."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointFileError(f"checkpoint {path!r} is a directory; give a .pth file written by {written_by}")
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"checkpoint {path!r} does not exist; give a .pth file written by {written_by}")
+    return path
+
+
 def read_checkpoint_file(path: str, needs: Iterable[str] = (), weights_only: bool = False,
                          written_by: str = "a RecBole or MMRec trainer with the plugin") -> Any:
     """``torch.load`` on CPU; any unreadable file (truncated, not a checkpoint) is one line, the same everywhere.
@@ -80,11 +90,7 @@ def read_checkpoint_file(path: str, needs: Iterable[str] = (), weights_only: boo
     ``needs``: top-level keys the checkpoint must hold. ``weights_only=False`` for host checkpoints
     that pickle their config (RecBole's): read with the allow-listed unpickler (see the module).
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise CheckpointFileError(f"checkpoint {path!r} is a directory; give a .pth file written by {written_by}")
-    if not os.path.isfile(path):
-        raise CheckpointFileError(f"checkpoint {path!r} does not exist; give a .pth file written by {written_by}")
+    path = check_checkpoint_path(path, written_by)
     try:
         if weights_only:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ saves and pickles the same way). The RecBole command ``urecjpq compress`` lives 
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Mapping, Sequence
 
@@ -18,13 +19,29 @@ from torch import nn
 
 from urecjpq_plugin.apply import STATE_FORMAT, JPQReport, load_jpq
 from urecjpq_plugin.codes import code_dtype
-from urecjpq_plugin.config import JPQConfig, URecJPQError
+from urecjpq_plugin.config import JPQConfig, URecJPQError, jpq_enabled
 from urecjpq_plugin.inject import _resolve, _table_of, find_id_tables
 from urecjpq_plugin.pq import ProductQuantizer, decode_rows, relative_error
 
 
 class CompressError(URecJPQError):
     """The checkpoint cannot be compressed as asked (missing, already JPQ, output exists ...)."""
+
+
+def check_out_free(out: str) -> None:
+    """Nothing is overwritten: ``--out`` must not exist."""
+    if os.path.exists(out):
+        raise CompressError(f"--out {out!r} already exists; choose a new path (nothing is overwritten)")
+
+
+def check_not_jpq(checkpoint: Mapping, path: str) -> None:
+    """A checkpoint whose tables are already JPQ (or whose config says ``jpq: true``) is not compressed again."""
+    jpq_keys = [k for k in checkpoint["state_dict"] if k.endswith(".sub_embeddings")]
+    if jpq_keys or jpq_enabled(checkpoint["config"]):
+        raise CompressError(
+            f"checkpoint {path!r} is already JPQ-compressed ({', '.join(jpq_keys[:2]) or 'jpq: True'}); "
+            "give one trained without jpq"
+        )
 
 
 def quantize_table(

@@ -27,13 +27,14 @@ logger = logging.getLogger("urecjpq_plugin")
 # (state_dict key, first row, end row, the table's rows): where an entity's rows sit in a checkpoint. A table
 # of users then items (MMRec's GRCN) gives each entity its slice; several tables of one entity join by width.
 RowSource = tuple[str, int, int, int]
+WRITTEN_BY = "a trainer of the uncompressed model"  # how a missing or unreadable file's error names what to give
 
 
 def checkpoint_state(path: str) -> Mapping[str, Any]:
     """The state dict of a host checkpoint (``{"state_dict": ...}``, RecBole's and MMRec's) or of a file
     holding a state dict itself (``torch.save(model.state_dict(), path)``). Read without running code from
     the file (see :mod:`~urecjpq_plugin.checkpoint_file`)."""
-    checkpoint = read_checkpoint_file(path, written_by="a trainer of the uncompressed model")
+    checkpoint = read_checkpoint_file(path, written_by=WRITTEN_BY)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise JPQConfigError(f"jpq_codes_from={path!r} holds no state dict; give a checkpoint of the uncompressed "
@@ -77,6 +78,12 @@ def checkpoint_row_sources(refs: Iterable[TableRef], counts: Mapping[str, int]) 
         else:
             sources.setdefault(ref.entity, []).append((key, 0, counts[ref.entity], counts[ref.entity]))
     return sources
+
+
+def codes_for_tables(path: str, refs: Iterable[TableRef], counts: Mapping[str, int],
+                     config: JPQConfig) -> dict[str, torch.Tensor]:
+    """:func:`codes_from_checkpoint` for the tables ``refs`` (as the host or ``apply_jpq`` matched them)."""
+    return codes_from_checkpoint(path, checkpoint_row_sources(refs, counts), config)
 
 
 def codes_from_checkpoint(path: str, sources: Mapping[str, Sequence[RowSource]],

@@ -230,10 +230,9 @@ def codes_source(jcfg: JPQConfig, counts: Mapping[str, int], compute: Callable[[
             raise JPQConfigError(f"jpq_codes_from={jcfg.codes_from!r}: this model keeps its user/item rows inside "
                                  "shared tables, whose trained rows the plugin cannot read off a checkpoint; leave "
                                  "jpq_codes_from out")
-        from urecjpq_plugin.trained_codes import checkpoint_row_sources, codes_from_checkpoint
+        from urecjpq_plugin.trained_codes import codes_for_tables
 
-        sources = checkpoint_row_sources(refs, counts)
-        compute = functools.partial(codes_from_checkpoint, jcfg.codes_from, sources, jcfg)
+        compute = functools.partial(codes_for_tables, jcfg.codes_from, list(refs), counts, jcfg)
 
     def codes_for(entity: str) -> torch.Tensor:
         if placeholder:

@@ -72,10 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(overrides.get(key), str) and os.path.isdir(overrides[key]):
                 overrides[key] = os.path.abspath(overrides[key]) + os.sep
         if jpq_enabled(overrides) and isinstance(overrides.get("jpq_codes_from"), str):
-            from urecjpq_plugin.trained_codes import checkpoint_state
+            from urecjpq_plugin.checkpoint_file import check_checkpoint_path
+            from urecjpq_plugin.trained_codes import WRITTEN_BY
 
-            overrides["jpq_codes_from"] = os.path.abspath(overrides["jpq_codes_from"])
-            checkpoint_state(overrides["jpq_codes_from"])  # a missing or unreadable file stops here, in one line
+            # a missing file stops here, before MMRec loads; the hook reads it (once) when it builds the model
+            overrides["jpq_codes_from"] = check_checkpoint_path(os.path.abspath(overrides["jpq_codes_from"]), WRITTEN_BY)
         path = os.path.abspath(args.eval_checkpoint) if args.eval_checkpoint else None
         mmrec_run.use_mmrec_src(find_mmrec_src(args.mmrec_src))
         mmrec.activate()

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 
 from urecjpq_plugin.apply import building_for_load
-from urecjpq_plugin.compress import CompressError, quantize_table
-from urecjpq_plugin.config import JPQConfig, jpq_enabled
+from urecjpq_plugin.compress import CompressError, check_not_jpq, check_out_free, quantize_table
+from urecjpq_plugin.config import JPQConfig
 from urecjpq_plugin.inject import jpq_module_at, swapped_tables
 from urecjpq_plugin.pq import decode_rows, relative_error
 from urecjpq_plugin.trained_codes import checkpoint_row_sources
@@ -34,10 +34,9 @@ def compress_checkpoint(checkpoint_path: str, out: str, mmrec_src: str | None, M
     from urecjpq_plugin.checkpoint_file import read_checkpoint_file
     from urecjpq_plugin.hosts.mmrec import hook
     from urecjpq_plugin.hosts.mmrec.cli import find_mmrec_src
-    from urecjpq_plugin.hosts.mmrec.runner import _plain, checkpoint_tag, use_mmrec_src
+    from urecjpq_plugin.hosts.mmrec.runner import checkpoint_tag, saved_config, use_mmrec_src
 
-    if os.path.exists(out):
-        raise CompressError(f"--out {out!r} already exists; choose a new path (nothing is overwritten)")
+    check_out_free(out)
     if kmeans_iters < 1:
         raise CompressError(f"--kmeans-iters={kmeans_iters} is invalid; it must be 1 or more")
     jcfg = JPQConfig(M=M, ksub=ksub, targets=tuple(targets))
@@ -46,11 +45,8 @@ def compress_checkpoint(checkpoint_path: str, out: str, mmrec_src: str | None, M
     checkpoint_path, out = os.path.abspath(checkpoint_path), os.path.abspath(out)
     checkpoint = read_checkpoint_file(checkpoint_path, needs=("state_dict", "config"), weights_only=True,
                                       written_by="urecjpq-mmrec")
+    check_not_jpq(checkpoint, checkpoint_path)
     trained = checkpoint["state_dict"]
-    jpq_keys = [k for k in trained if k.endswith(".sub_embeddings")]
-    if jpq_keys or jpq_enabled(checkpoint["config"]):
-        raise CompressError(f"checkpoint {checkpoint_path!r} is already JPQ-compressed "
-                            f"({', '.join(jpq_keys[:2]) or 'jpq: True'}); give one trained without jpq")
     overrides = {"data_path": os.path.abspath(data_path) + os.sep} if data_path else {}
     use_mmrec_src(find_mmrec_src(mmrec_src))
     hook.activate()
@@ -91,7 +87,7 @@ def compress_checkpoint(checkpoint_path: str, out: str, mmrec_src: str | None, M
         lines.append(f"{path} [{rows.shape[0]}x{rows.shape[1]}] -> M={module.M} ksub={module.ksub}: relative "
                      f"reconstruction error {relative_error(rows, decode_rows(centroids, codes)):.3f}")
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "config": {k: _plain(v) for k, v in config.final_config_dict.items()},
+               "config": saved_config(config),
                "urecjpq": {"tag": checkpoint_tag(config), "compressed_from": checkpoint_path}}
     if "caches" in checkpoint:  # forward caches full_sort_predict reads (feature graphs), not ID rows
         payload["caches"] = checkpoint["caches"]

@@ -76,6 +76,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def saved_config(config: Any) -> dict:
+    """MMRec's final config as a checkpoint keeps it (plain values: read with ``weights_only=True``)."""
+    return {k: _plain(v) for k, v in config.final_config_dict.items()}
+
+
 def _snapshot(model: nn.Module) -> dict:
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     caches = {
@@ -173,7 +178,7 @@ def _record_run(trainer: Any, fit_result: Any, saved: bool) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         payload = {
             **trainer._urecjpq_best,
-            "config": {k: _plain(v) for k, v in config.final_config_dict.items()},
+            "config": saved_config(config),
             "valid_result": record["valid_result"],
             "test_result": record["test_result"],
             "urecjpq": {"tag": checkpoint_tag(config), "hyper": record["hyper"]},

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import torch
 
 from urecjpq_plugin.cli_parser import ArgumentParser
-from urecjpq_plugin.compress import CompressError, quantize_model
-from urecjpq_plugin.config import JPQConfig, jpq_enabled, parse_list
+from urecjpq_plugin.compress import CompressError, check_not_jpq, check_out_free, quantize_model
+from urecjpq_plugin.config import JPQConfig, parse_list
 
 
 def _M(text: str) -> int | str:
@@ -72,15 +72,6 @@ def read_checkpoint(path: str) -> dict:
     return read_checkpoint_file(path, needs=("config", "state_dict"), written_by="a RecBole trainer")
 
 
-def check_not_jpq(checkpoint: dict, path: str) -> None:
-    jpq_keys = [k for k in checkpoint["state_dict"] if k.endswith(".sub_embeddings")]
-    if jpq_keys or jpq_enabled(checkpoint["config"]):
-        raise CompressError(
-            f"checkpoint {path!r} is already JPQ-compressed ({', '.join(jpq_keys[:2]) or 'jpq: True'}); "
-            "give one trained without jpq"
-        )
-
-
 def _save(path: str, config: Any, model: torch.nn.Module, epoch: int) -> None:
     """Same layout as RecBole's ``Trainer._save_checkpoint`` (without optimizer state)."""
     state = {
@@ -106,8 +97,7 @@ def compress_checkpoint(
     finetune_lr: float | None = None,
 ) -> dict:
     """Write ``out``; return ``{"out", "tables" (one line each), "finetune_epochs"}``. Checks run first."""
-    if os.path.exists(out):
-        raise CompressError(f"--out {out!r} already exists; choose a new path (nothing is overwritten)")
+    check_out_free(out)
     if finetune_epochs < 0:
         raise CompressError(f"--finetune-epochs={finetune_epochs} is invalid; it must be 0 or more")
     if finetune_lr is not None and not (math.isfinite(finetune_lr) and finetune_lr > 0):
