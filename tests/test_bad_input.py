@@ -25,7 +25,8 @@ def snapshot(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--model=Nope"], "model 'Nope' is not a RecBole model; close names: "),
+    (["--model=BPRR"], "model 'BPRR' is not a RecBole model; close names: BPR"),
+    (["--model=Zzzz"], "model 'Zzzz' is not a RecBole model; RecBole's models include ADMMSLIM"),
     (["--model=lightgcn"], "RecBole's name is 'LightGCN'"),
     (["--dataset=no-such-data"], "dataset 'no-such-data' is neither a folder"),
     (["--nproc=0"], "--nproc=0 is invalid; it must be 1 or more"),

@@ -58,8 +58,10 @@ def check_model(name: str) -> str:
     if name.lower() in names:  # RecBole looks the class up by its exact name
         raise RecBoleNameError(f"model {name!r} is not a RecBole model; RecBole's name is {names[name.lower()]!r}")
     close = difflib.get_close_matches(name.lower(), list(names), n=4, cutoff=0.5)
-    hint = ", ".join(names[c] for c in close) if close else ", ".join(sorted(names.values())[:6]) + ", ..."
-    raise RecBoleNameError(f"model {name!r} is not a RecBole model; close names: {hint}")
+    if close:
+        raise RecBoleNameError(f"model {name!r} is not a RecBole model; close names: {', '.join(names[c] for c in close)}")
+    raise RecBoleNameError(f"model {name!r} is not a RecBole model; RecBole's models include "
+                           f"{', '.join(sorted(names.values())[:6])}, ... ({len(names)} in all)")
 
 
 def model_embedding_size(name: str) -> int | None:
