@@ -286,6 +286,51 @@ def test_dataset_in_mmrec_format_runs_without_a_yaml(tmp_path, monkeypatch):
     assert dataset_yaml_fallback("tiktok", {"data_path": str(tmp_path / "data")}) == {}
 
 
+def test_launch_refuses_a_dataset_mmrec_cannot_load(tmp_path, monkeypatch):
+    # Without a dataset config or data in MMRec's format MMRec fails deep in its loader (TypeError on a None name).
+    from urecjpq_plugin.config import URecJPQError
+    from urecjpq_plugin.hosts.mmrec.runner import launch_config
+
+    monkeypatch.chdir(tmp_path)  # an MMRec src/
+    (tmp_path / "configs" / "dataset").mkdir(parents=True)
+    (tmp_path / "configs" / "dataset" / "baby.yaml").write_text("inter_file_name: baby.inter\n")
+    (tmp_path / "configs" / "overall.yaml").write_text("data_path: '../data/'\n")
+    with pytest.raises(URecJPQError) as err:
+        launch_config("tiktok", {})
+    message = str(err.value)
+    assert "dataset 'tiktok' has no configs/dataset/tiktok.yaml" in message and "(baby have one)" in message
+    assert str(tmp_path.parent / "data" / "tiktok" / "tiktok.inter") in message  # MMRec's default data_path
+    with pytest.raises(URecJPQError, match=str(tmp_path / "mine" / "tiktok" / "tiktok.inter")):
+        launch_config("tiktok", {"data_path": str(tmp_path / "mine")})
+    assert "inter_file_name" not in launch_config("baby", {})  # MMRec's own dataset config: accepted, nothing added
+    assert launch_config("tiktok", {"inter_file_name": "t.inter"})["inter_file_name"] == "t.inter"  # the user's keys
+    (tmp_path / "mine" / "tiktok").mkdir(parents=True)
+    (tmp_path / "mine" / "tiktok" / "tiktok.inter").write_text("userID\titemID\tx_label\n0\t1\t0\n")
+    assert launch_config("tiktok", {"data_path": str(tmp_path / "mine")})["inter_file_name"] == "tiktok.inter"
+
+
+def test_mmrec_model_names_by_exact_class_name(tmp_path, monkeypatch):
+    # MMRec's get_model imports models/<name.lower()>.py and takes the class named exactly <name>; anything
+    # else fails there with an UnboundLocalError or AttributeError.
+    from urecjpq_plugin.config import URecJPQError
+    from urecjpq_plugin.hosts.mmrec.runner import check_model_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "freedom.py").write_text("import torch\n\nclass FREEDOM(object):\n    pass\n")
+    (tmp_path / "models" / "lightgcn.py").write_text("class LightGCN:\n    pass\n")
+    (tmp_path / "models" / "common.py").write_text("class Base:\n    pass\n")  # no model class of its name
+    assert check_model_name("FREEDOM") == "FREEDOM"
+    with pytest.raises(URecJPQError, match="^model 'freedom' is not an MMRec model; MMRec's name is 'FREEDOM'$"):
+        check_model_name("freedom")
+    with pytest.raises(URecJPQError, match="^model 'FREEDOMX' is not in MMRec's models/; close names: FREEDOM$"):
+        check_model_name("FREEDOMX")
+    with pytest.raises(URecJPQError, match="^model 'Zzz' is not in MMRec's models/; its models: FREEDOM, LightGCN$"):
+        check_model_name("Zzz")
+    (tmp_path / "models" / "other.py").write_text("from models.lightgcn import LightGCN as Other\n")
+    assert check_model_name("Other") == "Other"  # a file this cannot read is left to MMRec
+
+
 def test_bench_pins_mmrec_grid_to_its_first_point(tmp_path, monkeypatch):
     from urecjpq_plugin.hosts.mmrec.runner import first_grid_point
 

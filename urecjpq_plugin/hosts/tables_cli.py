@@ -120,6 +120,7 @@ def mmrec_model(args: argparse.Namespace, overrides: dict) -> tuple[nn.Module, A
     from utils.configurator import Config
     from utils.utils import get_model, init_seed
 
+    mmrec_run.check_model_name(args.model)
     config_dict = mmrec_run.launch_config(args.dataset, {**config_dict, "jpq": False})
     with _argv_alone():
         config = Config(args.model, args.dataset, config_dict)

@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from utils.quick_start import quick_start
 
+        mmrec_run.check_model_name(args.model)
         config = mmrec_run.launch_config(args.dataset, overrides)
         first = len(mmrec_run.RUNS)
         quick_start(model=args.model, dataset=args.dataset, config_dict=config, save_model=True)

@@ -307,6 +307,7 @@ def run_one(model: str, dataset: str, overrides: dict, out_dir: str, mmrec_src: 
     activate()
     from utils.quick_start import quick_start
 
+    mmrec_run.check_model_name(model)
     config = {**mmrec_run.first_grid_point(model), **mmrec_run.launch_config(dataset, {"checkpoint_dir": out_dir, **overrides})}
     first = len(mmrec_run.RUNS)
     quick_start(model=model, dataset=dataset, config_dict=config, save_model=True)

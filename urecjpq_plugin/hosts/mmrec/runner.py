@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 import time
 from logging import getLogger
@@ -218,9 +220,61 @@ def base_config_dict(overrides: Mapping[str, Any]) -> dict:
 
 def launch_config(dataset: str, overrides: Mapping[str, Any]) -> dict:
     """:func:`base_config_dict` plus the dataset keys MMRec would lack (:func:`dataset_yaml_fallback`);
-    the overrides win."""
+    the overrides win. A dataset MMRec cannot load stops here in one line (MMRec's own loader fails with a
+    ``TypeError`` on a ``None`` file name)."""
     config = base_config_dict(overrides)
-    return {**dataset_yaml_fallback(dataset, config), **config}
+    fallback = dataset_yaml_fallback(dataset, config)
+    if not (fallback or "inter_file_name" in config or os.path.isfile(os.path.join("configs", "dataset", f"{dataset}.yaml"))):
+        where = config.get("data_path") or _overall_data_path()
+        known = sorted(f[:-5] for f in os.listdir(os.path.join("configs", "dataset")) if f.endswith(".yaml"))
+        raise URecJPQError(
+            f"dataset {dataset!r} has no configs/dataset/{dataset}.yaml in MMRec's src/ ({', '.join(known)} have one) "
+            f"and no {os.path.join(str(where), dataset, dataset + '.inter')} in MMRec's format (userID, itemID, "
+            f"x_label); pass --data_path=<folder holding {dataset}/>"
+        )
+    return {**fallback, **config}
+
+
+def _overall_data_path() -> str:
+    """MMRec's default ``data_path`` (``configs/overall.yaml``), as a path from its ``src/``."""
+    import yaml
+
+    with open(os.path.join("configs", "overall.yaml"), encoding="utf-8") as fh:
+        return os.path.abspath(str((yaml.safe_load(fh) or {}).get("data_path") or "."))
+
+
+def _model_class_in(file: str, name: str, flags: int = 0) -> str | None:
+    """The name of a top-level ``class <name>`` in ``file`` (matched with ``flags``), read without importing it."""
+    with open(file, encoding="utf-8") as fh:
+        found = re.search(rf"^class ({re.escape(name)})\b", fh.read(), flags | re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def mmrec_model_names() -> dict[str, str]:
+    """``{lower-case name: class name}`` of the models in MMRec's ``models/`` (working directory: its ``src/``):
+    ``models/<name>.py`` defining ``class <Name>``."""
+    names = {}
+    for file in sorted(os.listdir("models")):
+        if file.endswith(".py") and not file.startswith("_"):
+            found = _model_class_in(os.path.join("models", file), file[:-3], re.IGNORECASE)
+            if found:
+                names[file[:-3]] = found
+    return names
+
+
+def check_model_name(model: str) -> str:
+    """``model`` unless MMRec's ``get_model`` cannot find it, which imports ``models/<model.lower()>.py`` and
+    takes the class named exactly ``model`` (it fails with an ``UnboundLocalError`` or ``AttributeError``):
+    then one line with the name MMRec uses or close names. A file whose classes this cannot read is left to MMRec."""
+    file = os.path.join("models", f"{model.lower()}.py")
+    if os.path.isfile(file):
+        if _model_class_in(file, model) is None and (other := _model_class_in(file, model, re.IGNORECASE)):
+            raise URecJPQError(f"model {model!r} is not an MMRec model; MMRec's name is {other!r}")
+        return model
+    names = mmrec_model_names()
+    close = difflib.get_close_matches(model.lower(), list(names), n=4, cutoff=0.5)
+    listed = ", ".join(names[c] for c in close) if close else ", ".join(names.values())
+    raise URecJPQError(f"model {model!r} is not in MMRec's models/; {'close names' if close else 'its models'}: {listed}")
 
 
 def first_grid_point(model: str) -> dict:
