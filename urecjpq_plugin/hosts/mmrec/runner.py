@@ -226,9 +226,10 @@ def launch_config(dataset: str, overrides: Mapping[str, Any]) -> dict:
     fallback = dataset_yaml_fallback(dataset, config)
     if not (fallback or "inter_file_name" in config or os.path.isfile(os.path.join("configs", "dataset", f"{dataset}.yaml"))):
         where = config.get("data_path") or _overall_data_path()
-        known = sorted(f[:-5] for f in os.listdir(os.path.join("configs", "dataset")) if f.endswith(".yaml"))
+        folder = os.path.join("configs", "dataset")
+        known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
         raise URecJPQError(
-            f"dataset {dataset!r} has no configs/dataset/{dataset}.yaml in MMRec's src/ ({', '.join(known)} have one) "
+            f"dataset {dataset!r} has no configs/dataset/{dataset}.yaml in MMRec's src/ ({', '.join(known) or 'none'} have one) "
             f"and no {os.path.join(str(where), dataset, dataset + '.inter')} in MMRec's format (userID, itemID, "
             f"x_label); pass --data_path=<folder holding {dataset}/>"
         )
