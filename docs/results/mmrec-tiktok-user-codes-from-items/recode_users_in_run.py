@@ -9,11 +9,12 @@ items by the mean of their users' rows (not run).
 Prints one JSON line: when it recoded, the share of sub-ids that changed (k-means labels are not aligned between
 recodings, so this says little) and the bench's run record.
 """
-import argparse, json, os
+import argparse, json
 import numpy as np, scipy.sparse as sp, torch
 from urecjpq_plugin.codes import kmeans_codes
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import hook
+from run_args import add_run_arguments, run
 
 
 def find(model, n):
@@ -22,16 +23,10 @@ def find(model, n):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--dataset", default="tiktok")
-    p.add_argument("--mmrec-src", required=True)
-    p.add_argument("--data-path", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_run_arguments(p)
     p.add_argument("--epochs-before", type=str, required=True, help="comma list of epochs to recode before")
     p.add_argument("--init", default="centroids", choices=["centroids", "keep"])
     p.add_argument("--items", action="store_true", help="also recode items by the mean of their users' rows")
-    p.add_argument("--out", required=True)
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     when = {int(e) for e in a.epochs_before.split(",")}
     original = hook.compress_model
@@ -74,10 +69,7 @@ def main():
 
     hook.compress_model = compress_model
     torch.set_num_threads(1)
-    overrides = {"data_path": os.path.abspath(a.data_path) + os.sep, "jpq": True, "seed": a.seed}
-    for kv in a.set:
-        k, v = kv.split("=", 1); overrides[k] = json.loads(v)
-    record = hook.run_one(a.model, a.dataset, overrides, a.out, os.path.abspath(a.mmrec_src))
+    record = run(a)
     print(json.dumps({"recode": a.epochs_before, "init": a.init, "items": a.items, "seed": a.seed, "log": log,
                       "set": a.set, **record}, default=str))
 

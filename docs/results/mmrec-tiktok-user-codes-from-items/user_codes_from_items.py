@@ -19,6 +19,7 @@ import numpy as np, scipy.sparse as sp, torch
 from urecjpq_plugin.checkpoint_file import read_checkpoint_file
 from urecjpq_plugin.codes import kmeans_codes
 from urecjpq_plugin.hosts.mmrec import hook
+from run_args import add_run_arguments, run
 
 
 def item_rows(state, key):
@@ -37,15 +38,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--source", required=True)
     p.add_argument("--item-key", default="")
-    p.add_argument("--model", required=True)
-    p.add_argument("--dataset", default="tiktok")
-    p.add_argument("--mmrec-src", required=True)
-    p.add_argument("--data-path", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_run_arguments(p)
     p.add_argument("--normalise", action="store_true", help="k-means of the means' directions")
     p.add_argument("--item-codes", default="svd", choices=["svd", "source"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     if a.source == "features":
         from urecjpq_plugin.features import normalised_concat
@@ -69,11 +64,7 @@ def main():
     computed = hook.compute_codes
     hook.compute_codes = lambda *x, **kw: {**computed(*x, **kw), **fixed}
     torch.set_num_threads(1)
-    overrides = {"data_path": os.path.abspath(a.data_path) + os.sep, "jpq": True, "jpq_code_assign": "svd_pq_cos",
-                 "seed": a.seed}
-    for kv in a.set:
-        k, v = kv.split("=", 1); overrides[k] = json.loads(v)
-    record = hook.run_one(a.model, a.dataset, overrides, a.out, os.path.abspath(a.mmrec_src))
+    record = run(a, jpq_code_assign="svd_pq_cos")
     print(json.dumps({"source": a.source, "normalise": a.normalise, "item_codes": a.item_codes, "seed": a.seed,
                       "set": a.set, **record}, default=str))
 

@@ -8,11 +8,11 @@ table's ``.weight`` (MGCN, FREEDOM, BM3). ``--detach``: no gradient from the use
 
 Prints one JSON line (the bench's record; ``error`` if the record could not count this table).
 """
-import argparse, json, os
+import argparse, json
 import numpy as np, scipy.sparse as sp, torch
 from torch import nn
-from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import hook
+from run_args import add_run_arguments, run
 
 
 class UsersFromItems(nn.Module):
@@ -40,16 +40,10 @@ class UsersFromItems(nn.Module):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--dataset", default="tiktok")
-    p.add_argument("--mmrec-src", required=True)
-    p.add_argument("--data-path", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_run_arguments(p)
     p.add_argument("--mix-init", type=float, default=1.0)
     p.add_argument("--residual-weight", type=float, default=1.0)
     p.add_argument("--detach", action="store_true")
-    p.add_argument("--out", required=True)
-    p.add_argument("--set", action="append", default=[])
     a = p.parse_args()
     original = hook.compress_model
 
@@ -63,11 +57,8 @@ def main():
 
     hook.compress_model = compress_model
     torch.set_num_threads(1)
-    overrides = {"data_path": os.path.abspath(a.data_path) + os.sep, "jpq": True, "seed": a.seed}
-    for kv in a.set:
-        k, v = kv.split("=", 1); overrides[k] = json.loads(v)
     try:
-        record = hook.run_one(a.model, a.dataset, overrides, a.out, os.path.abspath(a.mmrec_src))
+        record = run(a)
     except Exception as e:  # the record's table counting may not know this module
         record = {"error": repr(e)}
     print(json.dumps({"users_from_items": True, "mix_init": a.mix_init, "rw": a.residual_weight, "detach": a.detach, "seed": a.seed,
