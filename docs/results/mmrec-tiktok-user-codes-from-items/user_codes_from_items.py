@@ -18,6 +18,7 @@ import argparse, json, os
 import numpy as np, scipy.sparse as sp, torch
 from urecjpq_plugin.checkpoint_file import read_checkpoint_file
 from urecjpq_plugin.codes import kmeans_codes
+from urecjpq_plugin.pq import decode_rows
 from urecjpq_plugin.hosts.mmrec import hook
 from run_args import add_run_arguments, run
 
@@ -26,9 +27,7 @@ def item_rows(state, key):
     if key + ".weight" in state:
         return state[key + ".weight"].float(), None
     codes = state[key + ".codes"].long()
-    sub = state[key + ".sub_embeddings"].float()
-    M = sub.shape[0]
-    rows = sub[torch.arange(M), codes].reshape(codes.shape[0], -1)
+    rows = decode_rows(state[key + ".sub_embeddings"].float(), codes)
     if state.get(key + ".row_scale") is not None:
         rows = rows * (state[key + ".row_scale"].float() / 255).unsqueeze(1)
     return rows, codes

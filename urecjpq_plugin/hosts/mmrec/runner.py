@@ -224,7 +224,7 @@ def launch_config(dataset: str, overrides: Mapping[str, Any]) -> dict:
     ``TypeError`` on a ``None`` file name)."""
     config = base_config_dict(overrides)
     fallback = dataset_yaml_fallback(dataset, config)
-    if not (fallback or "inter_file_name" in config or os.path.isfile(os.path.join("configs", "dataset", f"{dataset}.yaml"))):
+    if not (fallback or "inter_file_name" in config or os.path.isfile(_dataset_config(dataset))):
         where = config.get("data_path") or _overall_data_path()
         folder = os.path.join("configs", "dataset")
         known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
@@ -306,6 +306,11 @@ MMREC_FORMAT_KEYS = {
 }
 
 
+def _dataset_config(dataset: str) -> str:
+    """MMRec's own config of ``dataset`` (``configs/dataset/<dataset>.yaml``, from its ``src/``)."""
+    return os.path.join("configs", "dataset", f"{dataset}.yaml")
+
+
 def dataset_yaml_fallback(dataset: str, config_dict: Mapping[str, Any]) -> dict:
     """Dataset keys when MMRec's ``configs/dataset/`` lacks that dataset: ``<data_path>/<dataset>.yaml``,
     else MMRec's standard keys when ``<data_path>/<dataset>/<dataset>.inter`` is in MMRec's format.
@@ -314,7 +319,7 @@ def dataset_yaml_fallback(dataset: str, config_dict: Mapping[str, Any]) -> dict:
     its loader without one); this lets a dataset built by ``urecjpq mmrec-data``, or any pre-split
     dataset in MMRec's format (TikTok, Amazon catalogues), run without adding a file to the checkout.
     """
-    if os.path.isfile(os.path.join("configs", "dataset", f"{dataset}.yaml")):
+    if os.path.isfile(_dataset_config(dataset)):
         return {}
     data_path = config_dict.get("data_path")
     if not data_path:
