@@ -25,7 +25,7 @@ def test_reads_yaml_and_command_line_forms():
         ({"jpq_M": "eight"}, "jpq_M='eight' is not an integer"),
         ({"jpq_ksub": 1}, r"jpq_ksub=1 is invalid; it must be an integer in \[2, "),
         ({"jpq_ksub": 2**33}, "jpq_ksub=8589934592 is invalid"),
-        ({"jpq_code_assign": "kmeans++"}, "jpq_code_assign='kmeans\\+\\+' is unknown; valid: auto, svd_pq_cos, svd_pq, svd_pq_norm, svd, random"),
+        ({"jpq_code_assign": "kmeans++"}, "jpq_code_assign='kmeans\\+\\+' is unknown; valid: auto, svd_pq_cos, svd_pq, svd_pq_norm, svd, lightgcn_fit, random"),
         ({"jpq_targets": ["user", "items"]}, "unknown target 'items'; valid: user, item, image, text"),
         ({"jpq": "maybe"}, "jpq='maybe' is not a boolean"),
     ],

@@ -74,7 +74,7 @@ def test_cli_trains_evaluates_and_writes_checkpoint(tmp_path, monkeypatch, recbo
     [
         (["--jpq_ksub=1"], "jpq_ksub=1 is invalid; it must be an integer in [2, "),
         ([f"--jpq_ksub={2**33}"], "jpq_ksub=8589934592 is invalid"),
-        (["--jpq_code_assign=pca"], "jpq_code_assign='pca' is unknown; valid: auto, svd_pq_cos, svd_pq, svd_pq_norm, svd, random"),
+        (["--jpq_code_assign=pca"], "jpq_code_assign='pca' is unknown; valid: auto, svd_pq_cos, svd_pq, svd_pq_norm, svd, lightgcn_fit, random"),
         (["--jpq_targets=['user','movie']"], "unknown target 'movie'; valid: user, item, image, text"),
         (["--jpq_M=7"], "embedding size 64 of user_embedding is not a multiple of jpq_M=7"),
         (["--model=Pop"], "model Pop has no ID table for jpq_targets=['user', 'item']"),

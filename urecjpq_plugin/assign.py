@@ -1,7 +1,7 @@
 """One entry point for code assignment, shared by ``apply_jpq`` and both hosts.
 
 A host supplies only what it has (the training matrix, item features); the choice between
-``auto``, ``svd_pq_cos``, ``svd_pq``, ``svd_pq_norm``, ``svd``, ``random``, ``features`` and
+``auto``, ``svd_pq_cos``, ``svd_pq``, ``svd_pq_norm``, ``svd``, ``lightgcn_fit``, ``random``, ``features`` and
 ``features_svd`` is made here, once.
 """
 
@@ -129,7 +129,8 @@ def assign_codes(
 
     ``interactions``: scipy users x items *training* matrix (needed by every method but ``random``);
     ``counts``: rows per entity when there is no matrix; ``item_features``: arrays ``[n_items, *]``
-    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` / ``svd_pq_cos`` take the tables' width (``config.dim``, set by
+    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` / ``svd_pq_cos`` (SVD rank) and ``lightgcn_fit`` (the
+    fit's row width) take the tables' width (``config.dim``, set by
     :meth:`JPQConfig.for_dims`; else ``4 * M``) as its SVD rank. Logs each table's distinct-code fraction.
     """
     if config.table_overrides:  # per-table M / ksub: each side's codes at its own settings
@@ -168,6 +169,10 @@ def assign_codes(
         user, item = svd_pq_codes(inter, M, ksub, seed, rank=config.dim or M * DSUB_AUTO,
                                   normalise=how == "svd_pq_norm", unit_rows=how == "svd_pq_cos",
                                   degree_weight=config.code_weight)
+    elif how == "lightgcn_fit":
+        from urecjpq_plugin.fit_codes import lightgcn_fit_codes
+
+        user, item = lightgcn_fit_codes(inter, M, ksub, seed, dim=config.dim or M * DSUB_AUTO)
     elif item_features is None:
         raise JPQConfigError(f"jpq_code_assign={how!r} needs multimodal item features, which {host} does not "
                              "have; use svd or random")

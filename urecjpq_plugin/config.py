@@ -6,7 +6,7 @@ to :meth:`JPQConfig.from_mapping`; the keys are the same in YAML and on the comm
     jpq: true                 # turn compression on
     jpq_M: auto               # splits per code (auto: embedding size / 4)
     jpq_ksub: 256             # sub-ids per split
-    jpq_code_assign: auto     # auto | svd_pq_cos | svd_pq | svd_pq_norm | svd | random | features | features_svd
+    jpq_code_assign: auto     # auto | svd_pq_cos | svd_pq | svd_pq_norm | svd | lightgcn_fit | random | features | features_svd
     jpq_targets: [user, item] # which tables to compress (also: image, text)
     jpq_split_dropout: 0.1    # training: drop each split of a looked-up code at this rate
     jpq_degree_scale: auto    # scale each ID's row by its training degree: sqrt(n / (n + c * mean n)); 0 = off
@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-CODE_ASSIGNMENTS = ("auto", "svd_pq_cos", "svd_pq", "svd_pq_norm", "svd", "random", "features", "features_svd")
+CODE_ASSIGNMENTS = ("auto", "svd_pq_cos", "svd_pq", "svd_pq_norm", "svd", "lightgcn_fit", "random", "features",
+                    "features_svd")
 ID_TARGETS = ("user", "item")
 FEATURE_TARGETS = ("image", "text")
 TARGETS = ID_TARGETS + FEATURE_TARGETS

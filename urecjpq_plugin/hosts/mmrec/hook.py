@@ -22,23 +22,24 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import replace
 from logging import getLogger
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from urecjpq_plugin.apply import JPQCheckpointError, building_for_load, is_building_for_load
-from urecjpq_plugin.assign import assign_codes
-from urecjpq_plugin.config import JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
+from urecjpq_plugin.assign import assign_codes, resolve_auto
+from urecjpq_plugin.config import AUTO, JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 from urecjpq_plugin.features import FeatureSwap, check_feature_dim, pq_feature_table
 from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, build_jpq_tables, swap_all
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
 from urecjpq_plugin.hosts.mmrec import runner as mmrec_run
-from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, row_scales_source,
-                   unit_rows_for_model, wrap_model_class)
+from urecjpq_plugin.hosts.base import (Patches, check_state_matches, codes_source, hooked_get_model, log_swaps, model_is,
+                   row_scales_source, unit_rows_for_model, wrap_model_class)
 from urecjpq_plugin.hosts.full_sort import route_full_sort
 from urecjpq_plugin.hosts.mmrec.args import overrides_from_argv
 from urecjpq_plugin.hosts.mmrec.runner import base_config_dict, use_mmrec_src
@@ -104,6 +105,21 @@ DEGREE_SCALE_MODELS = ("BPR", "LightGCN", "MGCN")
 # -22.6 %, so it is left out; FREEDOM -7.7 % -> -7.3 % (NDCG@20 -5.0 % -> -7.3 %) and BM3 -8.3 % -> -7.3 %, within
 # their seeds' spread, left out too (docs/benchmarks.md, "MMRec on TikTok"; RecBole's: hosts.recbole.hook).
 UNIT_ROW_MODELS = ("BPR", "LightGCN")
+# jpq_code_assign: auto gives these models lightgcn_fit codes where it would give svd_pq_cos (sparse data). BM3 on
+# TikTok, 5 seeds, recall@20 / NDCG@20 vs uncompressed: svd_pq_cos -6.3 % / +12.8 %, lightgcn_fit -1.0 % / +20.0 %,
+# higher recall at every seed; FREEDOM (3 seeds) lost with it, -7.7 % -> -10.1 %, so it keeps svd_pq_cos, as every
+# model not measured does (docs/benchmarks.md, "Seventeenth round").
+FIT_CODE_MODELS = ("BM3",)
+
+
+def auto_codes_for_model(jcfg: JPQConfig, model: nn.Module, interactions: Callable[[], Any]) -> JPQConfig:
+    """``jpq_code_assign: auto`` resolved here for :data:`FIT_CODE_MODELS` on sparse data (``lightgcn_fit``);
+    every other model, dense data and any explicit assignment are left to :func:`assign_codes`."""
+    if (jcfg.code_assign != AUTO or jcfg.codes_from is not None or not model_is(model, FIT_CODE_MODELS)
+            or is_building_for_load() or resolve_auto(interactions()) == "svd"):
+        return jcfg
+    getLogger().info(f"urecjpq: jpq_code_assign=auto -> lightgcn_fit ({type(model).__name__} on sparse data)")
+    return replace(jcfg, code_assign="lightgcn_fit")
 
 
 def _bpr_query(model: nn.Module, interaction: Any) -> torch.Tensor:
@@ -150,6 +166,7 @@ def compress_model(model: nn.Module, config: Any, dataloader: Any) -> dict:
 
     before = count_trainable(model)
     training_matrix = functools.cache(lambda: dataloader.inter_matrix(form="csr"))  # codes and degree scales share it
+    jcfg = auto_codes_for_model(jcfg, model, training_matrix)
     codes_for = codes_source(jcfg, counts, lambda: compute_codes(jcfg, dataloader, model, config, training_matrix),
                              refs)
     scales = row_scales_source(jcfg, training_matrix, model, DEGREE_SCALE_MODELS)

@@ -1,0 +1,86 @@
+"""Codes from a short LightGCN fit of the training pairs (``jpq_code_assign: lightgcn_fit``).
+
+On sparse data the codes that train best are those of a *trained* model's rows (``jpq_codes_from``,
+docs/benchmarks.md "Seventeenth round"), and they need not be the same model's: FREEDOM compressed with the codes of
+an uncompressed LightGCN's rows loses far less than with the interaction SVD's. This fits that LightGCN here, before
+the host trains, from the training matrix alone (no validation data, a fixed number of epochs), and product-quantises
+its rows as ``jpq_codes_from`` does. Its rows live only while the codes are made: like the SVD factors of
+``svd_pq`` they are one float32 row per ID, dropped before the host's training starts.
+
+The fit is MMRec's LightGCN at its first grid point: one propagation layer over ``D^-1/2 A D^-1/2``, BPR loss on
+the propagated rows with one uniform negative per pair, ``reg`` times the batch's ego rows' norms, Adam at 1e-3,
+batches of 2048 pairs, Xavier-initialised rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from urecjpq_plugin.codes import kmeans_codes
+
+logger = logging.getLogger("urecjpq_plugin")
+
+# Epochs of the fit: MMRec's LightGCN on TikTok (seed 999, one layer, reg 1e-2) reached its best validation recall@20
+# after ~32 epochs; the fit has no validation data to stop on, so it takes a fixed count near that.
+FIT_EPOCHS = 30
+
+
+def normalised_adjacency(interactions: sp.spmatrix) -> sp.csr_matrix:
+    """``D^-1/2 A D^-1/2`` of the bipartite graph ``A = [[0, X], [X^T, 0]]`` (users first), as CSR."""
+    X = sp.csr_matrix(interactions, dtype=np.float32)
+    X.data[:] = 1.0
+    A = sp.bmat([[None, X], [X.T, None]], format="csr")
+    inv_sqrt = 1.0 / np.sqrt(np.maximum(np.diff(A.indptr), 1)).astype(np.float32)
+    return (sp.diags(inv_sqrt) @ A @ sp.diags(inv_sqrt)).tocsr().astype(np.float32)
+
+
+def lightgcn_fit_rows(
+    interactions: sp.spmatrix, dim: int, seed: int, epochs: int = FIT_EPOCHS, batch_size: int = 2048,
+    lr: float = 1e-3, reg: float = 1e-2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trained ego rows ``(users [n_users, dim], items [n_items, dim])`` of a one-layer LightGCN fit by BPR."""
+    X = sp.csr_matrix(interactions)
+    n_users, n_items = X.shape
+    coo = X.tocoo()
+    users = torch.from_numpy(coo.row.astype(np.int64))
+    items = torch.from_numpy(coo.col.astype(np.int64)) + n_users
+    A = normalised_adjacency(X).tocoo()
+    adjacency = torch.sparse_coo_tensor(np.vstack([A.row, A.col]), A.data, A.shape, check_invariants=True).coalesce()
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.nn.Parameter(torch.empty(n_users + n_items, dim))
+    bound = float(np.sqrt(6.0 / (n_users + n_items + dim)))  # xavier_uniform_ of the two tables stacked
+    with torch.no_grad():
+        rows.uniform_(-bound, bound, generator=generator)
+    optimizer = torch.optim.Adam([rows], lr=lr)
+    start = time.process_time()
+    for _ in range(epochs):
+        order = torch.randperm(len(users), generator=generator)
+        for first in range(0, len(order), batch_size):
+            batch = order[first:first + batch_size]
+            negatives = torch.randint(n_users, n_users + n_items, (len(batch),), generator=generator)
+            ids = torch.cat([users[batch], items[batch], negatives])
+            # One layer over the whole graph, as MMRec's LightGCN does per batch: (row + its propagation) / 2.
+            out = ((rows + torch.sparse.mm(adjacency, rows)) / 2)[ids]
+            u, i, j = out.split(len(batch))
+            loss = -torch.nn.functional.logsigmoid((u * i).sum(1) - (u * j).sum(1)).mean()
+            loss = loss + reg * sum(rows[part].norm() for part in ids.split(len(batch))) / len(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    logger.info(f"urecjpq: LightGCN fit of the training pairs for its codes: {epochs} epochs, "
+                f"{time.process_time() - start:.1f} CPU s")
+    fitted = rows.detach()
+    return fitted[:n_users].clone(), fitted[n_users:].clone()
+
+
+def lightgcn_fit_codes(
+    interactions: sp.spmatrix, M: int, ksub: int, seed: int, dim: int, epochs: int = FIT_EPOCHS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """User and item codes: per-split k-means (``M`` x ``ksub``) of a LightGCN fit's rows (width ``dim``)."""
+    users, items = lightgcn_fit_rows(interactions, dim, seed, epochs)
+    return kmeans_codes(users, M, ksub, seed)[0], kmeans_codes(items, M, ksub, seed + 1)[0]
