@@ -68,3 +68,21 @@ def test_mmrec_auto_gives_bm3_lightgcn_fit_codes_on_sparse_data_only():
     assert auto_codes_for_model(auto, FREEDOM(), lambda: sparse).code_assign == "auto"  # -> svd_pq_cos
     asked = JPQConfig(code_assign="svd_pq_cos")
     assert auto_codes_for_model(asked, BM3(), lambda: sparse) is asked  # an explicit choice stands
+
+
+def test_auto_keeps_svd_codes_above_the_fits_pair_limit_and_an_explicit_fit_warns(monkeypatch, caplog):
+    import scipy.sparse as sp
+    from torch import nn
+
+    from urecjpq_plugin import fit_codes
+    from urecjpq_plugin.hosts.mmrec import hook
+
+    rng = np.random.default_rng(0)
+    sparse = sp.csr_matrix((rng.random((400, 300)) < 0.02).astype(np.float32))
+    monkeypatch.setattr(hook, "FIT_MAX_PAIRS", sparse.nnz - 1)
+    BM3 = type("BM3", (nn.Module,), {})
+    assert hook.auto_codes_for_model(JPQConfig(), BM3(), lambda: sparse).code_assign == "auto"  # -> svd_pq_cos
+    monkeypatch.setattr(fit_codes, "FIT_MAX_PAIRS", sparse.nnz - 1)
+    with caplog.at_level("WARNING", logger="urecjpq_plugin"):
+        users, _ = lightgcn_fit_rows(sparse, dim=8, seed=0, epochs=1)
+    assert f"lightgcn_fit on {sparse.nnz:,} training pairs" in caplog.text and users.shape == (400, 8)

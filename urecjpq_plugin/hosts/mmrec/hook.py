@@ -34,6 +34,7 @@ from urecjpq_plugin.apply import JPQCheckpointError, building_for_load, is_build
 from urecjpq_plugin.assign import assign_codes, resolve_auto
 from urecjpq_plugin.config import AUTO, JPQConfig, JPQConfigError, URecJPQError, jpq_enabled
 from urecjpq_plugin.features import FeatureSwap, check_feature_dim, pq_feature_table
+from urecjpq_plugin.fit_codes import FIT_MAX_PAIRS
 from urecjpq_plugin.inject import JPQTargetError, SwapRecord, TableRef, _resolve, _table_of, count_trainable, build_jpq_tables, swap_all
 from urecjpq_plugin.jpq import JPQEmbedding
 from urecjpq_plugin.hosts.mmrec import compat as mmrec_compat
@@ -117,6 +118,10 @@ def auto_codes_for_model(jcfg: JPQConfig, model: nn.Module, interactions: Callab
     every other model, dense data and any explicit assignment are left to :func:`assign_codes`."""
     if (jcfg.code_assign != AUTO or jcfg.codes_from is not None or not model_is(model, FIT_CODE_MODELS)
             or is_building_for_load() or resolve_auto(interactions()) == "svd"):
+        return jcfg
+    if interactions().nnz > FIT_MAX_PAIRS:  # the fit's cost grows with the square of the pairs: keep the SVD codes
+        getLogger().info(f"urecjpq: {type(model).__name__} keeps svd_pq_cos codes: {interactions().nnz:,} training pairs, "
+                         f"more than lightgcn_fit's {FIT_MAX_PAIRS:,}")
         return jcfg
     getLogger().info(f"urecjpq: jpq_code_assign=auto -> lightgcn_fit ({type(model).__name__} on sparse data)")
     return replace(jcfg, code_assign="lightgcn_fit")
