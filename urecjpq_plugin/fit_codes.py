@@ -88,6 +88,9 @@ def lightgcn_fit_rows(
 def lightgcn_fit_codes(
     interactions: sp.spmatrix, M: int, ksub: int, seed: int, dim: int, epochs: int = FIT_EPOCHS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """User and item codes: per-split k-means (``M`` x ``ksub``) of a LightGCN fit's rows (width ``dim``)."""
+    """User and item codes: per-split k-means (``M`` x ``ksub``) of a LightGCN fit's rows (width ``dim``).
+
+    As with ``jpq_codes_from``, IDs whose fitted rows agree everywhere keep one code (not made distinct: on TikTok
+    90.6 % of the users and 99.2 % of the items have a code of their own; that is what was measured)."""
     users, items = lightgcn_fit_rows(interactions, dim, seed, epochs)
     return kmeans_codes(users, M, ksub, seed)[0], kmeans_codes(items, M, ksub, seed + 1)[0]
