@@ -129,9 +129,9 @@ def assign_codes(
 
     ``interactions``: scipy users x items *training* matrix (needed by every method but ``random``);
     ``counts``: rows per entity when there is no matrix; ``item_features``: arrays ``[n_items, *]``
-    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` / ``svd_pq_cos`` (SVD rank) and ``lightgcn_fit`` (the
-    fit's row width) take the tables' width (``config.dim``, set by
-    :meth:`JPQConfig.for_dims`; else ``4 * M``) as its SVD rank. Logs each table's distinct-code fraction.
+    for ``features``/``features_svd``. ``svd_pq`` / ``svd_pq_norm`` / ``svd_pq_cos`` take the tables' width (``config.dim``,
+    set by :meth:`JPQConfig.for_dims`; else ``4 * M``) as their SVD rank, ``lightgcn_fit`` as its fit's row width.
+    Logs each table's distinct-code fraction.
     """
     if config.table_overrides:  # per-table M / ksub: each side's codes at its own settings
         sides = [e for e in ("user", "item") if counts is None or e in counts]

@@ -29,7 +29,8 @@ logger = logging.getLogger("urecjpq_plugin")
 # after ~32 epochs; the fit has no validation data to stop on, so it takes a fixed count near that.
 FIT_EPOCHS = 30
 # Each batch propagates over the whole graph (as MMRec's LightGCN does), so an epoch costs ~pairs^2 / batch size:
-# TikTok's 59,541 training pairs take ~1 CPU s an epoch, 250,000 about 20 s (10 min for the fit). Above this, auto
+# TikTok's 59,541 training pairs take ~1 CPU s an epoch, so 250,000 would take about 20 s (10 min for the fit;
+# extrapolated, not measured). Above this, auto
 # keeps the SVD codes; an explicit lightgcn_fit still fits, with a warning of the cost.
 FIT_MAX_PAIRS = 250_000
 
