@@ -22,6 +22,7 @@ RECBOLE_AUTO = "jpq-Mauto-k256-auto-user+item-s"
 ID = "jpq-Mauto-k256-svd_pq_cos-user+item-s"  # ID tables, codes from directions
 ID_FEATURES = "jpq-Mauto-k256-svd_pq_cos-user+item+image+text-s"  # ID and feature tables
 FIT = "jpq-Mauto-k256-lightgcn_fit-user+item-s"  # ID tables, codes of a LightGCN fit (auto for BM3, seventeenth round)
+FIT_FEATURES = "jpq-Mauto-k256-lightgcn_fit-user+item+image+text-s"  # the same, feature tables compressed too
 
 
 def _tiktok(model: str, prefix: str = ID, note: str = "", folder: str = "mmrec-tiktok") -> tuple[str, str, str, str]:
@@ -42,9 +43,9 @@ ROWS = [
     _tiktok("LightGCN", folder="mmrec-tiktok-unit-rows"),
     _tiktok("VBPR"),
     *_with_features("FREEDOM"),
-    # BM3: auto gives it lightgcn_fit codes since the seventeenth round; its feature-table runs predate that
+    # BM3: auto gives it lightgcn_fit codes since the seventeenth round
     _tiktok("BM3", FIT, "ID tables"),
-    _tiktok("BM3", ID_FEATURES, "ID + feature tables, svd_pq_cos codes"),
+    _tiktok("BM3", FIT_FEATURES, "ID + feature tables"),
     _tiktok("MGCN", note="ID tables"),
     _tiktok("LayerGCN"),
     *_with_features("SMORE"),
