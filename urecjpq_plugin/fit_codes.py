@@ -44,11 +44,20 @@ def normalised_adjacency(interactions: sp.spmatrix) -> sp.csr_matrix:
     return (sp.diags(inv_sqrt) @ A @ sp.diags(inv_sqrt)).tocsr().astype(np.float32)
 
 
+def _sparse(matrix: sp.spmatrix) -> torch.Tensor:
+    m = matrix.tocoo()
+    return torch.sparse_coo_tensor(np.vstack([m.row, m.col]), m.data.astype(np.float32), m.shape,
+                                   check_invariants=True).coalesce()
+
+
 def lightgcn_fit_rows(
     interactions: sp.spmatrix, dim: int, seed: int, epochs: int = FIT_EPOCHS, batch_size: int = 2048,
-    lr: float = 1e-3, reg: float = 1e-2,
+    lr: float = 1e-3, reg: float = 1e-2, item_graph: sp.spmatrix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trained ego rows ``(users [n_users, dim], items [n_items, dim])`` of a one-layer LightGCN fit by BPR."""
+    """Trained ego rows ``(users [n_users, dim], items [n_items, dim])`` of a one-layer LightGCN fit by BPR.
+
+    ``item_graph`` ``[n_items, n_items]``: its product with the item rows is added to the items' outputs (FREEDOM's
+    item side; for the seventeenth round's diagnosis, not used by ``lightgcn_fit``)."""
     X = sp.csr_matrix(interactions)
     n_users, n_items = X.shape
     if X.nnz > FIT_MAX_PAIRS:
@@ -57,8 +66,8 @@ def lightgcn_fit_rows(
     coo = X.tocoo()
     users = torch.from_numpy(coo.row.astype(np.int64))
     items = torch.from_numpy(coo.col.astype(np.int64)) + n_users
-    A = normalised_adjacency(X).tocoo()
-    adjacency = torch.sparse_coo_tensor(np.vstack([A.row, A.col]), A.data, A.shape, check_invariants=True).coalesce()
+    adjacency = _sparse(normalised_adjacency(X))
+    graph = _sparse(item_graph) if item_graph is not None else None
     generator = torch.Generator().manual_seed(seed)
     rows = torch.nn.Parameter(torch.empty(n_users + n_items, dim))
     bound = float(np.sqrt(6.0 / (n_users + n_items + dim)))  # xavier_uniform_ of the two tables stacked
@@ -73,7 +82,10 @@ def lightgcn_fit_rows(
             negatives = torch.randint(n_users, n_users + n_items, (len(batch),), generator=generator)
             ids = torch.cat([users[batch], items[batch], negatives])
             # One layer over the whole graph, as MMRec's LightGCN does per batch: (row + its propagation) / 2.
-            out = ((rows + torch.sparse.mm(adjacency, rows)) / 2)[ids]
+            out = (rows + torch.sparse.mm(adjacency, rows)) / 2
+            if graph is not None:
+                out = torch.cat([out[:n_users], out[n_users:] + torch.sparse.mm(graph, rows[n_users:])])
+            out = out[ids]
             u, i, j = out.split(len(batch))
             loss = -torch.nn.functional.logsigmoid((u * i).sum(1) - (u * j).sum(1)).mean()
             loss = loss + reg * sum(rows[part].norm() for part in ids.split(len(batch))) / len(batch)
